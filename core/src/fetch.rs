@@ -1,0 +1,356 @@
+//! What a claimed orchestrator batch becomes.
+//!
+//! The store claims an instance atomically (instance lock taken, its visible
+//! messages tagged with the new lock token, attempt counts incremented) and
+//! returns the raw rows it read under that lock. [`decide`] turns them into one
+//! of four outcomes. Nothing here is ever silently dropped: corrupted rows are
+//! delivered as a `history_error` (so the runtime's poison path ends the
+//! instance with a message naming the row), and the only messages ever deleted
+//! without a turn are `QueueMessage`s for an instance that does not exist, as
+//! duroxide specifies.
+
+use crate::codec::{decode_history, decode_work_item, StoredEvent};
+use crate::fault::StoreFault;
+use crate::instance::{
+    identity, Identity, InstanceRow, NoStartMessage, StoredHistory, INITIAL_EXECUTION_ID,
+    UNKNOWN_VERSION,
+};
+use duroxide::providers::{KvEntry, OrchestrationItem, WorkItem};
+use std::collections::HashMap;
+
+/// One orchestrator-queue row as claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    /// Queue row id (ordering and error messages).
+    pub id: i64,
+    /// The work item's JSON.
+    pub payload: String,
+    /// Attempt count after the claim's increment.
+    pub attempt_count: u32,
+}
+
+/// One KV row as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawKv {
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: String,
+    /// Last write time, ms since the epoch.
+    pub last_updated_at_ms: u64,
+}
+
+/// Everything the store read under a fresh instance lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedInstance {
+    /// The instance.
+    pub instance: String,
+    /// The new lock token.
+    pub lock_token: String,
+    /// Tagged messages, in queue order.
+    pub messages: Vec<RawMessage>,
+    /// The instance row, if one exists.
+    pub row: Option<InstanceRow>,
+    /// The execution `history` belongs to: the row's current execution, or
+    /// without a row the latest execution stored; `None` when nothing is stored.
+    pub history_execution_id: Option<u64>,
+    /// That execution's history.
+    pub history: Vec<StoredEvent>,
+    /// The materialized KV store of the instance.
+    pub kv: Vec<RawKv>,
+}
+
+/// What to do with a claimed batch.
+#[derive(Debug, Clone)]
+#[must_use = "a claimed batch holds an instance lock until it is delivered or released"]
+pub enum FetchDecision {
+    /// Hand the item to the runtime; the lock stays held.
+    Deliver {
+        /// The item.
+        item: Box<OrchestrationItem>,
+        /// Highest attempt count in the batch.
+        attempt_count: u32,
+    },
+    /// The instance does not exist and the batch is only `QueueMessage`s:
+    /// delete the batch and release the lock.
+    DropOrphans {
+        /// The instance.
+        instance: String,
+        /// How many messages are dropped.
+        count: usize,
+    },
+    /// The instance does not exist and the batch holds no start message (for
+    /// example an event raised before its instance was started). Release the
+    /// lock, give back the attempt, and hide the batch for a while so the
+    /// instance does not block the head of the queue.
+    Defer {
+        /// Why.
+        reason: NoStartMessage,
+    },
+    /// The messages vanished between lock and read (acked by a lock holder
+    /// that was already finishing): release the lock.
+    Empty,
+}
+
+fn history_error_text(fault: &StoreFault) -> String {
+    format!("permanent storage fault: {fault}")
+}
+
+/// Decode the queue rows, keeping the first corrupted row's fault.
+fn decode_messages(batch: &ClaimedInstance) -> (Vec<WorkItem>, Option<StoreFault>) {
+    let mut messages = Vec::with_capacity(batch.messages.len());
+    let mut corrupt = None;
+    for raw in &batch.messages {
+        let key = format!("id {} for instance {:?}", raw.id, batch.instance);
+        match decode_work_item("orchestrator_queue", &key, &raw.payload) {
+            Ok(item) => messages.push(item),
+            Err(fault) => {
+                corrupt.get_or_insert(fault);
+            }
+        }
+    }
+    (messages, corrupt)
+}
+
+/// Decide what a claimed batch becomes.
+pub fn decide(batch: ClaimedInstance) -> FetchDecision {
+    if batch.messages.is_empty() {
+        return FetchDecision::Empty;
+    }
+    let attempt_count = batch
+        .messages
+        .iter()
+        .map(|m| m.attempt_count)
+        .max()
+        .unwrap_or(0);
+    let (messages, corrupt_message) = decode_messages(&batch);
+    let history = batch
+        .history_execution_id
+        .map(|exec| (exec, decode_history(&batch.instance, exec, &batch.history)));
+    let stored = match &history {
+        Some((exec, Ok(events))) => Some(StoredHistory {
+            execution_id: *exec,
+            events,
+        }),
+        _ => None,
+    };
+    // The first corrupted row, queue or history, ends up as history_error.
+    let corrupt = corrupt_message.or_else(|| match &history {
+        Some((_, Err(fault))) => Some(fault.clone()),
+        _ => None,
+    });
+    let identity = match (
+        identity(&batch.instance, batch.row.as_ref(), stored, &messages),
+        &corrupt,
+    ) {
+        (Ok(id), _) => id,
+        // A corrupted row may hide the identity: deliver it as an error so
+        // the runtime poisons the instance, naming the row.
+        (Err(_), Some(_)) => Identity {
+            name: UNKNOWN_VERSION.to_string(),
+            version: UNKNOWN_VERSION.to_string(),
+            execution_id: batch.history_execution_id.unwrap_or(INITIAL_EXECUTION_ID),
+        },
+        (Err(reason), None) => {
+            if messages
+                .iter()
+                .all(|m| matches!(m, WorkItem::QueueMessage { .. }))
+            {
+                return FetchDecision::DropOrphans {
+                    instance: batch.instance,
+                    count: messages.len(),
+                };
+            }
+            return FetchDecision::Defer { reason };
+        }
+    };
+    let (history, history_error) = match (corrupt, history) {
+        (Some(fault), _) => (Vec::new(), Some(history_error_text(&fault))),
+        (None, Some((_, Ok(events)))) => (events, None),
+        (None, _) => (Vec::new(), None),
+    };
+    let kv_snapshot: HashMap<String, KvEntry> = batch
+        .kv
+        .into_iter()
+        .map(|kv| {
+            (
+                kv.key,
+                KvEntry {
+                    value: kv.value,
+                    last_updated_at_ms: kv.last_updated_at_ms,
+                },
+            )
+        })
+        .collect();
+    FetchDecision::Deliver {
+        item: Box::new(OrchestrationItem {
+            instance: batch.instance,
+            orchestration_name: identity.name,
+            execution_id: identity.execution_id,
+            version: identity.version,
+            history,
+            messages,
+            history_error,
+            kv_snapshot,
+        }),
+        attempt_count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{encode_event, encode_work_item};
+    use duroxide::{Event, EventKind};
+
+    fn msg(id: i64, item: &WorkItem, attempts: u32) -> RawMessage {
+        RawMessage {
+            id,
+            payload: encode_work_item(item).unwrap(),
+            attempt_count: attempts,
+        }
+    }
+
+    fn start() -> WorkItem {
+        WorkItem::StartOrchestration {
+            instance: "i".into(),
+            orchestration: "O".into(),
+            input: "{}".into(),
+            version: None,
+            parent_instance: None,
+            parent_id: None,
+            parent_execution_id: None,
+            execution_id: 1,
+        }
+    }
+
+    fn queued() -> WorkItem {
+        WorkItem::QueueMessage {
+            instance: "i".into(),
+            name: "n".into(),
+            data: "d".into(),
+        }
+    }
+
+    fn raised() -> WorkItem {
+        WorkItem::ExternalRaised {
+            instance: "i".into(),
+            name: "n".into(),
+            data: "d".into(),
+        }
+    }
+
+    fn batch(messages: Vec<RawMessage>, row: Option<InstanceRow>) -> ClaimedInstance {
+        ClaimedInstance {
+            instance: "i".into(),
+            lock_token: "t".into(),
+            messages,
+            history_execution_id: row.as_ref().map(|r| r.current_execution_id),
+            row,
+            history: vec![],
+            kv: vec![],
+        }
+    }
+
+    fn row() -> Option<InstanceRow> {
+        Some(InstanceRow {
+            name: "O".into(),
+            version: Some("1.0.0".into()),
+            current_execution_id: 1,
+        })
+    }
+
+    #[test]
+    fn new_instance_is_delivered_with_max_attempt_count() {
+        let d = decide(batch(vec![msg(1, &raised(), 3), msg(2, &start(), 1)], None));
+        let FetchDecision::Deliver {
+            item,
+            attempt_count,
+        } = d
+        else {
+            panic!("{d:?}")
+        };
+        assert_eq!(attempt_count, 3);
+        assert_eq!(
+            (item.orchestration_name.as_str(), item.version.as_str()),
+            ("O", "unknown")
+        );
+        assert_eq!(item.messages.len(), 2);
+        assert!(item.history_error.is_none());
+    }
+
+    #[test]
+    fn orphan_queue_messages_are_dropped_other_orphans_deferred() {
+        assert!(matches!(
+            decide(batch(
+                vec![msg(1, &queued(), 1), msg(2, &queued(), 1)],
+                None
+            )),
+            FetchDecision::DropOrphans { count: 2, .. }
+        ));
+        assert!(matches!(
+            decide(batch(
+                vec![msg(1, &queued(), 1), msg(2, &raised(), 1)],
+                None
+            )),
+            FetchDecision::Defer { .. }
+        ));
+        assert!(matches!(decide(batch(vec![], None)), FetchDecision::Empty));
+    }
+
+    #[test]
+    fn corrupted_history_becomes_history_error_never_empty_history_silently() {
+        let mut b = batch(vec![msg(1, &raised(), 2)], row());
+        let ok = encode_event(&Event::with_event_id(
+            1,
+            "i",
+            1,
+            None,
+            EventKind::OrchestrationStarted {
+                name: "O".into(),
+                version: "1.0.0".into(),
+                input: "{}".into(),
+                parent_instance: None,
+                parent_id: None,
+                parent_execution_id: None,
+                carry_forward_events: None,
+                initial_custom_status: None,
+            },
+        ))
+        .unwrap();
+        b.history = vec![
+            StoredEvent {
+                event_id: 1,
+                data: ok.data,
+            },
+            StoredEvent {
+                event_id: 2,
+                data: "garbage".into(),
+            },
+        ];
+        let FetchDecision::Deliver { item, .. } = decide(b) else {
+            panic!()
+        };
+        let err = item.history_error.expect("history_error must be set");
+        assert!(err.contains("history") && err.contains("event 2"), "{err}");
+        assert!(item.history.is_empty());
+    }
+
+    #[test]
+    fn corrupted_message_is_delivered_as_error_naming_the_queue_row() {
+        let mut b = batch(vec![msg(1, &raised(), 1)], None);
+        b.messages.push(RawMessage {
+            id: 9,
+            payload: "{".into(),
+            attempt_count: 1,
+        });
+        let FetchDecision::Deliver { item, .. } = decide(b) else {
+            panic!()
+        };
+        let err = item.history_error.unwrap();
+        assert!(
+            err.contains("orchestrator_queue") && err.contains("id 9"),
+            "{err}"
+        );
+    }
+}
