@@ -1,0 +1,244 @@
+//! Building a [`PgProvider`]: connection settings, tenant schema, pool, and
+//! the checks that run before any SQL does.
+
+use crate::engine::{Engine, EngineConfig, TokenSource, UuidTokens};
+use crate::pg::migrate::{migrate, MigrateError};
+use crate::pg::{plain_connector, ConnectionManager, Connector, PgStore};
+use crate::retry::RetryPolicy;
+use crate::PgProvider;
+use duropg_core::schema_name::{SchemaName, SchemaNameError};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The schema used when none is configured.
+pub const DEFAULT_SCHEMA: &str = "duropg";
+
+/// Why a provider could not be built. Every variant says what to fix.
+#[derive(Debug)]
+pub enum PgError {
+    /// The tenant schema name is not acceptable (no SQL was run).
+    InvalidSchema(SchemaNameError),
+    /// The connection string does not parse (its text is not echoed: it may hold a password).
+    InvalidUrl(String),
+    /// A builder setting is out of range.
+    InvalidSetting(String),
+    /// The database could not be reached or refused the connection.
+    Connect {
+        /// `host:port` targets.
+        target: String,
+        /// What happened.
+        detail: String,
+    },
+    /// Migrating (or checking) the schema failed.
+    Migrate(MigrateError),
+}
+
+impl fmt::Display for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PgError::InvalidSchema(e) => write!(f, "{e}"),
+            PgError::InvalidUrl(e) => write!(f, "invalid PostgreSQL connection string: {e}"),
+            PgError::InvalidSetting(e) => write!(f, "invalid duropg setting: {e}"),
+            PgError::Connect { target, detail } => {
+                write!(f, "cannot connect to PostgreSQL at {target}: {detail}")
+            }
+            PgError::Migrate(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for PgError {}
+
+/// Builder for [`PgProvider`]. Start with [`PgProvider::builder`].
+pub struct PgProviderBuilder {
+    url: String,
+    schema: String,
+    pool_size: u32,
+    connect_timeout: Duration,
+    pool_wait: Duration,
+    statement_timeout: Option<Duration>,
+    migrate: bool,
+    engine: EngineConfig,
+    tokens: Arc<dyn TokenSource>,
+    connector: Connector,
+}
+
+impl fmt::Debug for PgProviderBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgProviderBuilder")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("pool_wait", &self.pool_wait)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("migrate", &self.migrate)
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgProvider {
+    /// Connect with defaults: schema [`DEFAULT_SCHEMA`], migrations applied.
+    ///
+    /// # Errors
+    /// See [`PgProviderBuilder::build`].
+    pub async fn connect(url: &str) -> Result<Self, PgError> {
+        Self::builder(url).build().await
+    }
+
+    /// A builder for a provider on the database at `url`
+    /// (`postgres://user:password@host:port/database` or key=value form).
+    pub fn builder(url: &str) -> PgProviderBuilder {
+        PgProviderBuilder {
+            url: url.to_string(),
+            schema: DEFAULT_SCHEMA.to_string(),
+            pool_size: 10,
+            connect_timeout: Duration::from_secs(5),
+            pool_wait: Duration::from_secs(5),
+            statement_timeout: None,
+            migrate: true,
+            engine: EngineConfig::default(),
+            tokens: Arc::new(UuidTokens),
+            connector: plain_connector(),
+        }
+    }
+}
+
+impl PgProviderBuilder {
+    /// Tenant schema holding all of this provider's tables (default `duropg`).
+    /// Lower-case ASCII letters, digits and `_`, at most 63 bytes.
+    pub fn schema(mut self, schema: &str) -> Self {
+        self.schema = schema.to_string();
+        self
+    }
+
+    /// Most connections the pool opens (default 10).
+    pub fn pool_size(mut self, n: u32) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// Limit on opening one connection (default 5 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Limit on waiting for a pooled connection (default 5 s).
+    pub fn pool_wait_timeout(mut self, d: Duration) -> Self {
+        self.pool_wait = d;
+        self
+    }
+
+    /// Server-side `statement_timeout` for every connection (default: the
+    /// server's). A statement that hits it fails as retryable (SQLSTATE 57014).
+    pub fn statement_timeout(mut self, d: Duration) -> Self {
+        self.statement_timeout = Some(d);
+        self
+    }
+
+    /// Whether to apply migrations at connect (default true). When false the
+    /// schema must already be current, and the role needs no DDL rights.
+    pub fn migrate(mut self, yes: bool) -> Self {
+        self.migrate = yes;
+        self
+    }
+
+    /// Long polling: idle fetches wait up to the runtime's poll timeout for
+    /// work (default true). When false they return at once.
+    pub fn long_poll(mut self, yes: bool) -> Self {
+        self.engine.poll.long_poll = yes;
+        self
+    }
+
+    /// Retry policy for retryable storage faults.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.engine.retry = policy;
+        self
+    }
+
+    /// Largest serialized work item or history event accepted (default 64 MiB).
+    pub fn max_payload_bytes(mut self, n: usize) -> Self {
+        self.engine.limits.max_payload_bytes = n;
+        self
+    }
+
+    /// Replace the engine settings wholesale.
+    pub fn engine_config(mut self, config: EngineConfig) -> Self {
+        self.engine = config;
+        self
+    }
+
+    /// Lock-token source (default UUIDv4).
+    pub fn token_source(mut self, tokens: Arc<dyn TokenSource>) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// How raw connections are opened (default: no TLS).
+    pub fn connector(mut self, connector: Connector) -> Self {
+        self.connector = connector;
+        self
+    }
+
+    fn check(&self) -> Result<(SchemaName, tokio_postgres::Config), PgError> {
+        let schema = SchemaName::parse(&self.schema).map_err(PgError::InvalidSchema)?;
+        let config: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| PgError::InvalidUrl(e.to_string()))?;
+        if self.pool_size == 0 {
+            return Err(PgError::InvalidSetting(
+                "pool_size must be at least 1".into(),
+            ));
+        }
+        if self.connect_timeout.is_zero() || self.pool_wait.is_zero() {
+            return Err(PgError::InvalidSetting(
+                "connect_timeout and pool_wait_timeout must be above zero".into(),
+            ));
+        }
+        if self.engine.limits.max_payload_bytes == 0 {
+            return Err(PgError::InvalidSetting(
+                "max_payload_bytes must be above zero".into(),
+            ));
+        }
+        Ok((schema, config))
+    }
+
+    /// Validate the settings, connect (bounded by the connect timeout),
+    /// migrate or check the schema, and build the provider.
+    ///
+    /// # Errors
+    /// [`PgError`] naming what is wrong: the schema name (checked before any
+    /// connection is made), the connection string, the target `host:port`, or
+    /// the schema's migration state.
+    pub async fn build(self) -> Result<PgProvider, PgError> {
+        let (schema, config) = self.check()?;
+        let manager = ConnectionManager::new(
+            config,
+            self.connector.clone(),
+            self.connect_timeout,
+            self.statement_timeout,
+        );
+        let first = manager.open().await.map_err(|e| PgError::Connect {
+            target: manager.target(),
+            detail: e.to_string(),
+        })?;
+        migrate(&first, &schema, self.migrate)
+            .await
+            .map_err(PgError::Migrate)?;
+        let pool = bb8::Pool::builder()
+            .max_size(self.pool_size)
+            .min_idle(None)
+            .test_on_check_out(false)
+            .connection_timeout(self.pool_wait)
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .max_lifetime(Some(Duration::from_secs(1800)))
+            .build_unchecked(manager.clone());
+        // The connection that migrated is the pool's first.
+        let _ = pool.add(first);
+        let store = PgStore::new(pool, manager, schema);
+        Ok(Engine::new(store, self.engine, self.tokens))
+    }
+}

@@ -1,0 +1,309 @@
+//! The engine: duroxide's [`Provider`](duroxide::providers::Provider) on top of
+//! any [`Store`].
+//!
+//! # Contract
+//!
+//! For each `Provider` call the engine does, in order, and nothing else:
+//!
+//! 1. **read** what the decision needs — one store call;
+//! 2. **decide** in `duropg-core` (pure, given the store's `now_ms`);
+//! 3. **write** the resulting plan in one transaction — one store call;
+//! 4. **map** any fault through [`duropg_core::fault`] into a `ProviderError`.
+//!
+//! Where a read exists only to check a lock, it is folded into the write's
+//! guard and core decides from the guard's outcome (abandon, renew). Fetches
+//! are claims: choosing and locking must be one atomic statement, so the
+//! claim is the write, and core decides what the claimed batch becomes.
+//!
+//! Every store call goes through the one [`RetryPolicy`]. A write whose COMMIT
+//! reply was lost is resolved by asking the store what became of its
+//! transaction ([`Store::commit_status`]) before anything is retried, so an
+//! ack that did commit reports success and an ack that did not is rerun —
+//! never applied twice, because every write re-checks its lock.
+
+mod orchestration;
+mod provider;
+mod worker;
+
+use crate::retry::RetryPolicy;
+use crate::store::{CommitStatus, Guarded, Store};
+use duropg_core::fault::to_provider_error;
+use duropg_core::route::Limits;
+use duropg_core::StoreFault;
+use duroxide::providers::ProviderError;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Where lock tokens come from. Randomness is an input: production uses
+/// UUIDv4, the simulator a seeded generator.
+pub trait TokenSource: Send + Sync + 'static {
+    /// A fresh, unique lock token.
+    fn lock_token(&self) -> String;
+}
+
+/// UUIDv4 lock tokens.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UuidTokens;
+
+impl TokenSource for UuidTokens {
+    fn lock_token(&self) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+}
+
+/// How idle fetches wait for work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollConfig {
+    /// Wait up to the runtime's `poll_timeout` for work (long polling). When
+    /// false, a fetch that finds nothing returns at once.
+    pub long_poll: bool,
+    /// While waiting, look again at least this often even without a wake-up
+    /// signal (work written by processes that do not signal).
+    pub fallback_interval_ms: u64,
+    /// Never wait longer than this in one fetch, whatever the runtime asks.
+    pub max_wait_ms: u64,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            long_poll: true,
+            fallback_interval_ms: 50,
+            max_wait_ms: 30_000,
+        }
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Payload limits.
+    pub limits: Limits,
+    /// Retry policy for every store call.
+    pub retry: RetryPolicy,
+    /// Idle-fetch behaviour.
+    pub poll: PollConfig,
+    /// How long a batch for an instance that does not exist yet (and holds no
+    /// start message) is hidden before it is looked at again.
+    pub defer_delay_ms: u64,
+    /// How many batches one fetch may set aside (orphans dropped, deferred)
+    /// before it reports no work.
+    pub max_claims_per_fetch: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            retry: RetryPolicy::default(),
+            poll: PollConfig::default(),
+            defer_delay_ms: 1_000,
+            max_claims_per_fetch: 8,
+        }
+    }
+}
+
+/// Which queue a fetch waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queue {
+    Orchestrator,
+    Worker,
+}
+
+/// Lock tokens whose write's outcome could not be resolved, with the
+/// transaction id to ask about when the runtime retries. Bounded.
+const MAX_UNRESOLVED: usize = 1024;
+
+/// duroxide's `Provider` over a [`Store`]. See the module docs for the contract.
+pub struct Engine<S: Store> {
+    store: S,
+    config: EngineConfig,
+    tokens: Arc<dyn TokenSource>,
+    unresolved: Mutex<HashMap<String, u64>>,
+}
+
+impl<S: Store> std::fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store.name())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S: Store> Engine<S> {
+    /// An engine over `store`.
+    pub fn new(store: S, config: EngineConfig, tokens: Arc<dyn TokenSource>) -> Self {
+        Self {
+            store,
+            config,
+            tokens,
+            unresolved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Run one store call under the retry policy and map its fault.
+    async fn call<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreFault>>,
+    {
+        self.config
+            .retry
+            .run(operation, op)
+            .await
+            .map_err(|fault| to_provider_error(operation, &fault))
+    }
+
+    /// Run a guarded write under the retry policy, resolving a lost COMMIT
+    /// reply before deciding anything: committed means applied, aborted means
+    /// run it again. An outcome that stays unknown is remembered against the
+    /// lock token, so a later call with the same token can still learn it.
+    async fn write<F, Fut>(
+        &self,
+        operation: &'static str,
+        lock_token: &str,
+        mut op: F,
+    ) -> Result<Guarded, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Guarded, StoreFault>>,
+    {
+        let mut reruns = 0;
+        loop {
+            let fault = match self.config.retry.run(operation, &mut op).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(fault) => fault,
+            };
+            let xid = match &fault {
+                StoreFault::CommitOutcomeUnknown { xid: Some(xid), .. } => *xid,
+                _ => return Err(to_provider_error(operation, &fault)),
+            };
+            match self.commit_status(operation, xid).await {
+                CommitStatus::Committed => {
+                    tracing::info!(
+                        operation,
+                        xid,
+                        "commit reply was lost; the transaction committed"
+                    );
+                    return Ok(Guarded::Applied);
+                }
+                CommitStatus::Aborted if reruns < self.config.retry.max_attempts => {
+                    tracing::info!(
+                        operation,
+                        xid,
+                        "commit reply was lost; the transaction aborted, rerunning"
+                    );
+                    reruns += 1;
+                }
+                _ => {
+                    self.remember_unresolved(lock_token, xid);
+                    return Err(to_provider_error(operation, &fault));
+                }
+            }
+        }
+    }
+
+    /// Ask the store what became of `xid`, waiting (bounded) while it is in progress.
+    async fn commit_status(&self, operation: &'static str, xid: u64) -> CommitStatus {
+        let started = Instant::now();
+        loop {
+            let status = self
+                .config
+                .retry
+                .run(operation, || self.store.commit_status(xid))
+                .await
+                .unwrap_or(CommitStatus::Unknown);
+            let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if status != CommitStatus::InProgress || waited_ms >= self.config.retry.budget_ms {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(
+                self.config.retry.first_backoff_ms.max(1),
+            ))
+            .await;
+        }
+    }
+
+    fn remember_unresolved(&self, lock_token: &str, xid: u64) {
+        if let Ok(mut map) = self.unresolved.lock() {
+            if map.len() >= MAX_UNRESOLVED {
+                map.clear();
+            }
+            map.insert(lock_token.to_string(), xid);
+        }
+    }
+
+    /// When an earlier write with this token ended with an unknown outcome,
+    /// find out now: `true` if it did commit (the caller's retry is already done).
+    async fn earlier_write_committed(&self, operation: &'static str, lock_token: &str) -> bool {
+        let xid = match self.unresolved.lock() {
+            Ok(mut map) => map.remove(lock_token),
+            Err(_) => None,
+        };
+        match xid {
+            Some(xid) => self.commit_status(operation, xid).await == CommitStatus::Committed,
+            None => false,
+        }
+    }
+
+    /// Try `attempt` until it yields something or the poll window ends,
+    /// waking early when the queue's signal fires.
+    async fn poll<T, F, Fut>(
+        &self,
+        queue: Queue,
+        poll_timeout: Duration,
+        mut attempt: F,
+    ) -> Result<Option<T>, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>, ProviderError>>,
+    {
+        let poll = self.config.poll;
+        let mut signal: watch::Receiver<u64> = match queue {
+            Queue::Orchestrator => self.store.signals().orchestrator.subscribe(),
+            Queue::Worker => self.store.signals().worker.subscribe(),
+        };
+        let window = if poll.long_poll {
+            poll_timeout.min(Duration::from_millis(poll.max_wait_ms))
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + window;
+        loop {
+            signal.borrow_and_update();
+            if let Some(found) = attempt().await? {
+                return Ok(Some(found));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wait =
+                (deadline - now).min(Duration::from_millis(poll.fallback_interval_ms.max(1)));
+            tokio::select! {
+                _ = signal.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// A permanent error for a request the provider refuses.
+pub(crate) fn refuse(operation: &str, message: impl std::fmt::Display) -> ProviderError {
+    ProviderError::permanent(operation, message.to_string())
+}

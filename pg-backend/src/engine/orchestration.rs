@@ -1,0 +1,234 @@
+//! The orchestration path: enqueue, fetch, ack, abandon, renew, history.
+
+use super::{refuse, Engine, Queue};
+use crate::store::{Guarded, InstanceClaim, ReleaseKind, Store};
+use duropg_core::codec::{decode_history, encode_event};
+use duropg_core::fault::to_provider_error;
+use duropg_core::fetch::{decide, FetchDecision};
+use duropg_core::route::{check_payload, duration_ms, orchestrator_row};
+use duropg_core::turn::{plan_ack, AckInput, TurnOp, TurnPlan};
+use duropg_core::work::{version_window, VersionWindow};
+use duroxide::providers::{
+    DispatcherCapabilityFilter, ExecutionMetadata, OrchestrationItem, ProviderError,
+    ScheduledActivityIdentifier, WorkItem,
+};
+use duroxide::Event;
+use std::time::Duration;
+
+/// What a successful orchestration fetch returns.
+pub(crate) type Fetched = (OrchestrationItem, String, u32);
+
+impl<S: Store> Engine<S> {
+    pub(crate) async fn enqueue_orchestrator_item(
+        &self,
+        item: WorkItem,
+        delay: Option<Duration>,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "enqueue_for_orchestrator";
+        let row = orchestrator_row(&item, delay, self.config.limits).map_err(|e| refuse(OP, e))?;
+        self.call(OP, || self.store.enqueue_orchestrator(&row))
+            .await?;
+        self.store.signals().bump_orchestrator();
+        Ok(())
+    }
+
+    pub(crate) async fn fetch_orchestration(
+        &self,
+        lock_timeout: Duration,
+        poll_timeout: Duration,
+        filter: Option<&DispatcherCapabilityFilter>,
+    ) -> Result<Option<Fetched>, ProviderError> {
+        let window = version_window(filter);
+        if window == VersionWindow::Nothing {
+            return Ok(None);
+        }
+        let lock_timeout_ms = duration_ms(lock_timeout);
+        self.poll(Queue::Orchestrator, poll_timeout, || {
+            self.claim_orchestration(lock_timeout_ms, window)
+        })
+        .await
+    }
+
+    /// Claim instances until one is deliverable, setting aside (bounded) any
+    /// batch that core says to drop or defer, so a stuck instance at the
+    /// head of the queue never hides eligible work behind it.
+    async fn claim_orchestration(
+        &self,
+        lock_timeout_ms: u64,
+        window: VersionWindow,
+    ) -> Result<Option<Fetched>, ProviderError> {
+        const OP: &str = "fetch_orchestration_item";
+        for _ in 0..self.config.max_claims_per_fetch.max(1) {
+            let claim = InstanceClaim {
+                lock_token: self.tokens.lock_token(),
+                lock_timeout_ms,
+                window,
+            };
+            let Some(batch) = self.call(OP, || self.store.claim_instance(&claim)).await? else {
+                return Ok(None);
+            };
+            let release = match decide(batch) {
+                FetchDecision::Deliver {
+                    item,
+                    attempt_count,
+                } => {
+                    return Ok(Some((*item, claim.lock_token, attempt_count)));
+                }
+                FetchDecision::DropOrphans { instance, count } => {
+                    tracing::warn!(%instance, count, "dropping QueueMessage items for an instance that does not exist");
+                    ReleaseKind::DropMessages
+                }
+                FetchDecision::Defer { reason } => {
+                    tracing::debug!(%reason, delay_ms = self.config.defer_delay_ms, "deferring batch without identity");
+                    ReleaseKind::Defer {
+                        delay_ms: self.config.defer_delay_ms,
+                    }
+                }
+                FetchDecision::Empty => ReleaseKind::Unlock,
+            };
+            self.call(OP, || {
+                self.store.release_instance(&claim.lock_token, release)
+            })
+            .await?;
+        }
+        Ok(None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn ack_orchestration(
+        &self,
+        lock_token: &str,
+        execution_id: u64,
+        history_delta: Vec<Event>,
+        worker_items: Vec<WorkItem>,
+        orchestrator_items: Vec<WorkItem>,
+        metadata: ExecutionMetadata,
+        cancelled_activities: Vec<ScheduledActivityIdentifier>,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "ack_orchestration_item";
+        if self.earlier_write_committed(OP, lock_token).await {
+            return Ok(());
+        }
+        let input = AckInput {
+            execution_id,
+            history_delta,
+            worker_items,
+            orchestrator_items,
+            metadata,
+            cancelled_activities,
+        };
+        let lock = self
+            .call(OP, || self.store.read_instance_lock(lock_token))
+            .await?;
+        let plan = plan_ack(lock_token, lock.as_ref(), input, self.config.limits)
+            .map_err(|e| refuse(OP, e))?;
+        match self.write(OP, lock_token, || self.store.apply_turn(&plan)).await? {
+            Guarded::Applied => {
+                self.signal_turn(&plan);
+                Ok(())
+            }
+            Guarded::NotHeld => Err(refuse(
+                OP,
+                format!(
+                    "lock token {lock_token:?} no longer holds instance {:?}: its lease ended (and another fetch may own it) or it was already acked; nothing was written",
+                    plan.instance
+                ),
+            )),
+        }
+    }
+
+    fn signal_turn(&self, plan: &TurnPlan) {
+        for op in &plan.ops {
+            match op {
+                TurnOp::EnqueueOrchestrator(_) => self.store.signals().bump_orchestrator(),
+                TurnOp::EnqueueWorker(_) => self.store.signals().bump_worker(),
+                _ => {}
+            }
+        }
+    }
+
+    pub(crate) async fn abandon_orchestration(
+        &self,
+        lock_token: &str,
+        delay: Option<Duration>,
+        ignore_attempt: bool,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "abandon_orchestration_item";
+        let delay_ms = delay.map(duration_ms).filter(|ms| *ms > 0);
+        let outcome = self
+            .write(OP, lock_token, || {
+                self.store
+                    .abandon_instance(lock_token, delay_ms, ignore_attempt)
+            })
+            .await?;
+        match outcome {
+            Guarded::Applied => {
+                if delay_ms.is_none() {
+                    self.store.signals().bump_orchestrator();
+                }
+                Ok(())
+            }
+            Guarded::NotHeld => Err(refuse(
+                OP,
+                format!("Invalid lock token {lock_token:?}: no instance lock holds it (never issued, already acked or abandoned, or taken over)"),
+            )),
+        }
+    }
+
+    pub(crate) async fn renew_orchestration(
+        &self,
+        lock_token: &str,
+        extend_for: Duration,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "renew_orchestration_item_lock";
+        let extend_ms = duration_ms(extend_for);
+        match self.call(OP, || self.store.renew_instance_lock(lock_token, extend_ms)).await? {
+            Guarded::Applied => Ok(()),
+            Guarded::NotHeld => Err(refuse(
+                OP,
+                format!("cannot renew lock token {lock_token:?}: it is unknown, already released, or its lease has ended (an ended lease is never revived)"),
+            )),
+        }
+    }
+
+    pub(crate) async fn read_execution(
+        &self,
+        instance: &str,
+        execution_id: Option<u64>,
+    ) -> Result<Vec<Event>, ProviderError> {
+        const OP: &str = "read";
+        let (execution_id, rows) = self
+            .call(OP, || self.store.read_history(instance, execution_id))
+            .await?;
+        decode_history(instance, execution_id, &rows).map_err(|fault| to_provider_error(OP, &fault))
+    }
+
+    pub(crate) async fn append_events(
+        &self,
+        instance: &str,
+        execution_id: u64,
+        events: Vec<Event>,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "append_with_execution";
+        let rows = events
+            .iter()
+            .map(|e| {
+                let row = encode_event(e).map_err(|err| refuse(OP, err))?;
+                check_payload(
+                    || format!("history event {}", row.event_id),
+                    row.data.len(),
+                    self.config.limits,
+                )
+                .map_err(|err| refuse(OP, err))?;
+                Ok(row)
+            })
+            .collect::<Result<Vec<_>, ProviderError>>()?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.call(OP, || {
+            self.store.append_history(instance, execution_id, &rows)
+        })
+        .await
+    }
+}

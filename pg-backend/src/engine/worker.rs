@@ -1,0 +1,226 @@
+//! The worker path (activities and sessions) and the runtime's read-side calls.
+
+use super::{refuse, Engine, Queue};
+use crate::store::{Guarded, SessionClaim, Store, WorkClaim};
+use duropg_core::codec::{decode_history, decode_work_item};
+use duropg_core::fault::to_provider_error;
+use duropg_core::route::{duration_ms, worker_row};
+use duropg_core::work::{completion_row, tag_predicate, TagPredicate};
+use duroxide::providers::{ProviderError, SessionFetchConfig, TagFilter, WorkItem};
+use duroxide::{EventKind, SystemStats};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// What a successful work fetch returns.
+pub(crate) type FetchedWork = (WorkItem, String, u32);
+
+impl<S: Store> Engine<S> {
+    pub(crate) async fn enqueue_worker_item(&self, item: WorkItem) -> Result<(), ProviderError> {
+        const OP: &str = "enqueue_for_worker";
+        let row = worker_row(&item, self.config.limits).map_err(|e| refuse(OP, e))?;
+        self.call(OP, || self.store.enqueue_worker(&row)).await?;
+        self.store.signals().bump_worker();
+        Ok(())
+    }
+
+    pub(crate) async fn fetch_work(
+        &self,
+        lock_timeout: Duration,
+        poll_timeout: Duration,
+        session: Option<&SessionFetchConfig>,
+        tag_filter: &TagFilter,
+    ) -> Result<Option<FetchedWork>, ProviderError> {
+        let tags = tag_predicate(tag_filter);
+        if tags == TagPredicate::Nothing {
+            return Ok(None);
+        }
+        let lock_timeout_ms = duration_ms(lock_timeout);
+        let session = session.map(|s| SessionClaim {
+            owner_id: s.owner_id.clone(),
+            lock_timeout_ms: duration_ms(s.lock_timeout),
+        });
+        self.poll(Queue::Worker, poll_timeout, || {
+            self.claim_work(WorkClaim {
+                lock_token: self.tokens.lock_token(),
+                lock_timeout_ms,
+                tags: tags.clone(),
+                session: session.clone(),
+            })
+        })
+        .await
+    }
+
+    async fn claim_work(&self, claim: WorkClaim) -> Result<Option<FetchedWork>, ProviderError> {
+        const OP: &str = "fetch_work_item";
+        let Some(work) = self.call(OP, || self.store.claim_work_item(&claim)).await? else {
+            return Ok(None);
+        };
+        let item = decode_work_item("worker_queue", &format!("id {}", work.id), &work.payload)
+            .map_err(|fault| to_provider_error(OP, &fault))?;
+        Ok(Some((item, claim.lock_token, work.attempt_count)))
+    }
+
+    pub(crate) async fn ack_work(
+        &self,
+        lock_token: &str,
+        completion: Option<WorkItem>,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "ack_work_item";
+        if self.earlier_write_committed(OP, lock_token).await {
+            return Ok(());
+        }
+        let row =
+            completion_row(completion.as_ref(), self.config.limits).map_err(|e| refuse(OP, e))?;
+        match self
+            .write(OP, lock_token, || self.store.complete_work_item(lock_token, row.as_ref()))
+            .await?
+        {
+            Guarded::Applied => {
+                if row.is_some() {
+                    self.store.signals().bump_orchestrator();
+                }
+                Ok(())
+            }
+            Guarded::NotHeld => Err(refuse(
+                OP,
+                format!("work item for lock token {lock_token:?} not found: it was cancelled, its lock expired, or another worker took it; nothing was written"),
+            )),
+        }
+    }
+
+    pub(crate) async fn abandon_work(
+        &self,
+        lock_token: &str,
+        delay: Option<Duration>,
+        ignore_attempt: bool,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "abandon_work_item";
+        let delay_ms = delay.map(duration_ms).filter(|ms| *ms > 0);
+        match self
+            .write(OP, lock_token, || self.store.abandon_work_item(lock_token, delay_ms, ignore_attempt))
+            .await?
+        {
+            Guarded::Applied => {
+                if delay_ms.is_none() {
+                    self.store.signals().bump_worker();
+                }
+                Ok(())
+            }
+            Guarded::NotHeld => Err(refuse(
+                OP,
+                format!("Invalid lock token {lock_token:?}: no work item is locked by it (already acked, abandoned or cancelled)"),
+            )),
+        }
+    }
+
+    pub(crate) async fn renew_work(
+        &self,
+        lock_token: &str,
+        extend_for: Duration,
+    ) -> Result<(), ProviderError> {
+        const OP: &str = "renew_work_item_lock";
+        let extend_ms = duration_ms(extend_for);
+        match self.call(OP, || self.store.renew_work_item(lock_token, extend_ms)).await? {
+            Guarded::Applied => Ok(()),
+            Guarded::NotHeld => Err(refuse(
+                OP,
+                format!("cannot renew lock token {lock_token:?}: the work item was cancelled, acked, or its lease has ended"),
+            )),
+        }
+    }
+
+    pub(crate) async fn renew_sessions(
+        &self,
+        owner_ids: &[&str],
+        extend_for: Duration,
+        idle_timeout: Duration,
+    ) -> Result<usize, ProviderError> {
+        if owner_ids.is_empty() {
+            return Ok(0);
+        }
+        let owners: Vec<String> = owner_ids.iter().map(|s| s.to_string()).collect();
+        let (extend_ms, idle_ms) = (duration_ms(extend_for), duration_ms(idle_timeout));
+        let n = self
+            .call("renew_session_lock", || {
+                self.store.renew_sessions(&owners, extend_ms, idle_ms)
+            })
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    pub(crate) async fn cleanup_sessions(&self) -> Result<usize, ProviderError> {
+        let n = self
+            .call("cleanup_orphaned_sessions", || {
+                self.store.cleanup_sessions()
+            })
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    pub(crate) async fn custom_status(
+        &self,
+        instance: &str,
+        last_seen_version: u64,
+    ) -> Result<Option<(Option<String>, u64)>, ProviderError> {
+        self.call("get_custom_status", || {
+            self.store.custom_status(instance, last_seen_version)
+        })
+        .await
+    }
+
+    pub(crate) async fn kv_value(
+        &self,
+        instance: &str,
+        key: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        self.call("get_kv_value", || self.store.kv_value(instance, key))
+            .await
+    }
+
+    pub(crate) async fn kv_all(
+        &self,
+        instance: &str,
+    ) -> Result<HashMap<String, String>, ProviderError> {
+        let pairs = self
+            .call("get_kv_all_values", || self.store.kv_all(instance))
+            .await?;
+        Ok(pairs.into_iter().collect())
+    }
+
+    pub(crate) async fn instance_stats(
+        &self,
+        instance: &str,
+    ) -> Result<Option<SystemStats>, ProviderError> {
+        const OP: &str = "get_instance_stats";
+        let Some(raw) = self
+            .call(OP, || self.store.instance_stats(instance))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let queue_pending_count = match &raw.first_event {
+            Some(first) => {
+                let events = decode_history(instance, 0, std::slice::from_ref(first))
+                    .map_err(|f| to_provider_error(OP, &f))?;
+                events
+                    .first()
+                    .map(|e| match &e.kind {
+                        EventKind::OrchestrationStarted {
+                            carry_forward_events: Some(carried),
+                            ..
+                        } => carried.len() as u64,
+                        _ => 0,
+                    })
+                    .unwrap_or(0)
+            }
+            None => 0,
+        };
+        Ok(Some(SystemStats {
+            history_event_count: raw.history_event_count,
+            history_size_bytes: raw.history_size_bytes,
+            queue_pending_count,
+            kv_user_key_count: raw.kv_key_count,
+            kv_total_value_bytes: raw.kv_value_bytes,
+        }))
+    }
+}

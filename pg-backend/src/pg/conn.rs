@@ -1,0 +1,306 @@
+//! Connections: how one is opened (timeout, session settings, TLS-agnostic
+//! connector), the per-connection prepared-statement cache, and pipelined
+//! execution of statement batches.
+
+use super::error::{fault, invalidates_statements};
+use duropg_core::StoreFault;
+use futures::future::{try_join_all, BoxFuture};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, Row, Statement};
+
+/// Opens a raw connection (the TLS choice lives inside). Returns the client;
+/// the connection task is spawned by the connector.
+pub type Connector =
+    Arc<dyn Fn(Config) -> BoxFuture<'static, Result<Client, tokio_postgres::Error>> + Send + Sync>;
+
+/// A connector without TLS.
+pub fn plain_connector() -> Connector {
+    Arc::new(|config: Config| {
+        Box::pin(async move {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "postgres connection ended");
+                }
+            });
+            Ok(client)
+        })
+    })
+}
+
+/// One pooled connection: the client and its prepared statements.
+pub struct PgConn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+    broken: bool,
+}
+
+/// A statement and its parameters, ready to send.
+pub struct Stmt<'a> {
+    sql: &'a str,
+    params: Vec<Box<dyn ToSql + Sync + Send + 'a>>,
+}
+
+impl<'a> Stmt<'a> {
+    /// A statement with no parameters yet.
+    pub fn new(sql: &'a str) -> Self {
+        Self {
+            sql,
+            params: Vec::new(),
+        }
+    }
+
+    /// Add a parameter.
+    pub fn bind<T: ToSql + Sync + Send + 'a>(mut self, value: T) -> Self {
+        self.params.push(Box::new(value));
+        self
+    }
+}
+
+impl PgConn {
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            statements: HashMap::new(),
+            broken: false,
+        }
+    }
+
+    /// Whether the pool should discard this connection.
+    pub fn is_broken(&self) -> bool {
+        self.broken || self.client.is_closed()
+    }
+
+    /// The raw client, for simple-protocol batches (migrations).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Prepare (or take from cache) every statement of a batch; cache misses
+    /// are prepared in one pipelined round trip.
+    async fn prepare(&mut self, sqls: &[&str]) -> Result<Vec<Statement>, tokio_postgres::Error> {
+        let missing: Vec<&str> = {
+            let mut seen = std::collections::HashSet::new();
+            sqls.iter()
+                .copied()
+                .filter(|s| !self.statements.contains_key(*s) && seen.insert(*s))
+                .collect()
+        };
+        if !missing.is_empty() {
+            let prepared = try_join_all(missing.iter().map(|s| self.client.prepare(s))).await?;
+            for (sql, st) in missing.into_iter().zip(prepared) {
+                self.statements.insert(sql.to_string(), st);
+            }
+        }
+        Ok(sqls.iter().map(|s| self.statements[*s].clone()).collect())
+    }
+
+    /// Send a batch of statements pipelined (one round trip when all are
+    /// prepared) and collect every result's rows. Stops at the first error.
+    pub async fn pipeline(&mut self, stmts: &[Stmt<'_>]) -> Result<Vec<Vec<Row>>, StoreFault> {
+        let result = self.pipeline_raw(stmts).await;
+        result.map_err(|e| self.note_fault(fault(&e)))
+    }
+
+    async fn pipeline_raw(
+        &mut self,
+        stmts: &[Stmt<'_>],
+    ) -> Result<Vec<Vec<Row>>, tokio_postgres::Error> {
+        let sqls: Vec<&str> = stmts.iter().map(|s| s.sql).collect();
+        let prepared = self.prepare(&sqls).await?;
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = stmts
+            .iter()
+            .map(|s| {
+                s.params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect()
+            })
+            .collect();
+        let client = &self.client;
+        try_join_all(
+            prepared
+                .iter()
+                .zip(&params)
+                .map(|(st, p)| client.query(st, p)),
+        )
+        .await
+    }
+
+    /// Record a fault's consequences for this connection: stale statements
+    /// are forgotten; a connection-level failure retires the connection.
+    pub fn note_fault(&mut self, f: StoreFault) -> StoreFault {
+        if invalidates_statements(&f) {
+            self.statements.clear();
+        }
+        if !matches!(f, StoreFault::Sql { .. }) {
+            self.broken = true;
+        }
+        f
+    }
+
+    /// Roll back after a failed transaction; retire the connection if even that fails.
+    pub async fn rollback(&mut self, rollback_sql: &str) {
+        if self.pipeline(&[Stmt::new(rollback_sql)]).await.is_err() {
+            self.broken = true;
+        }
+    }
+}
+
+/// Session settings every connection gets, and where to connect.
+#[derive(Clone)]
+pub struct ConnectionManager {
+    config: Config,
+    connector: Connector,
+    connect_timeout: Duration,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl ConnectionManager {
+    /// A manager that opens connections per `config` through `connector`.
+    pub fn new(
+        mut config: Config,
+        connector: Connector,
+        connect_timeout: Duration,
+        statement_timeout: Option<Duration>,
+    ) -> Self {
+        let mut options = config.get_options().unwrap_or("").to_string();
+        // Our SQL qualifies every name; this keeps planted objects in public
+        // or pg_temp from capturing built-in functions and operators.
+        options.push_str(" -c search_path=pg_catalog,pg_temp");
+        if let Some(t) = statement_timeout {
+            options.push_str(&format!(" -c statement_timeout={}", t.as_millis()));
+        }
+        config.options(options.trim());
+        if config.get_application_name().is_none() {
+            config.application_name("duropg");
+        }
+        Self {
+            config,
+            connector,
+            connect_timeout,
+            last_error: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// `host:port` targets, for error messages.
+    pub fn target(&self) -> String {
+        describe_target(&self.config)
+    }
+
+    /// The last connection error seen, if any (cleared on success).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn set_last_error(&self, e: Option<String>) {
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = e;
+        }
+    }
+
+    /// Open one connection, bounded by the connect timeout.
+    pub async fn open(&self) -> Result<PgConn, ConnectError> {
+        let attempt = (self.connector)(self.config.clone());
+        let result = match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(Ok(client)) => Ok(PgConn::new(client)),
+            Ok(Err(e)) => Err(ConnectError::Driver(e)),
+            Err(_) => Err(ConnectError::TimedOut(self.connect_timeout)),
+        };
+        match &result {
+            Ok(_) => self.set_last_error(None),
+            Err(e) => self.set_last_error(Some(format!("{} ({})", e, self.target()))),
+        }
+        result
+    }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The driver failed (refused, DNS, TLS, authentication, server error).
+    Driver(tokio_postgres::Error),
+    /// The connect timeout elapsed.
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Driver(e) => match e.as_db_error() {
+                Some(db) => write!(f, "{} (SQLSTATE {})", db.message(), db.code().code()),
+                None => match std::error::Error::source(e) {
+                    Some(cause) => write!(f, "{e}: {cause}"),
+                    None => write!(f, "{e}"),
+                },
+            },
+            ConnectError::TimedOut(d) => write!(
+                f,
+                "no answer within the connect timeout of {} ms",
+                d.as_millis()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+impl ConnectError {
+    /// The typed fault, for classification.
+    pub fn fault(&self) -> StoreFault {
+        match self {
+            ConnectError::Driver(e) => fault(e),
+            ConnectError::TimedOut(_) => StoreFault::Io {
+                detail: self.to_string(),
+            },
+        }
+    }
+}
+
+/// `host:port[, host:port…]` of a config.
+pub fn describe_target(config: &Config) -> String {
+    let ports = config.get_ports();
+    config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            let port = ports
+                .get(i)
+                .or_else(|| ports.first())
+                .copied()
+                .unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl bb8::ManageConnection for ConnectionManager {
+    type Connection = PgConn;
+    type Error = ConnectError;
+
+    async fn connect(&self) -> Result<PgConn, ConnectError> {
+        self.open().await
+    }
+
+    async fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
+        conn.client
+            .simple_query("")
+            .await
+            .map(|_| ())
+            .map_err(ConnectError::Driver)
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        conn.is_broken()
+    }
+}

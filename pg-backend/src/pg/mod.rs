@@ -1,0 +1,310 @@
+//! [`PgStore`]: the [`Store`] on PostgreSQL, over `bb8` and `tokio-postgres`.
+//!
+//! SQL reads and writes; nothing here decides. Each `Store` method checks out
+//! one pooled connection and runs one transaction (or one statement), sending
+//! its statements pipelined where they do not depend on each other.
+
+mod conn;
+pub(crate) mod error;
+pub mod migrate;
+mod orchestration;
+mod reads;
+pub mod sql;
+mod turn;
+mod worker;
+
+pub use conn::{
+    describe_target, plain_connector, ConnectError, ConnectionManager, Connector, PgConn, Stmt,
+};
+
+use crate::store::{
+    ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, Signals, Store,
+    WorkClaim,
+};
+use async_trait::async_trait;
+use duropg_core::codec::{HistoryRow, StoredEvent};
+use duropg_core::fetch::ClaimedInstance;
+use duropg_core::route::{OrchRow, WorkerRow};
+use duropg_core::turn::{LockRead, TurnPlan};
+use duropg_core::{SchemaName, StoreFault};
+use sql::Sql;
+use std::time::Instant;
+use tokio_postgres::Row;
+
+type Pool = bb8::Pool<ConnectionManager>;
+type Pooled<'a> = bb8::PooledConnection<'a, ConnectionManager>;
+
+/// The Postgres store. Build it through
+/// [`PgProviderBuilder`](crate::PgProviderBuilder).
+pub struct PgStore {
+    pool: Pool,
+    manager: ConnectionManager,
+    sql: Sql,
+    schema: SchemaName,
+    signals: Signals,
+    claim_lock_class: i32,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .field("target", &self.manager.target())
+            .finish()
+    }
+}
+
+impl PgStore {
+    /// A store over an existing pool.
+    pub(crate) fn new(pool: Pool, manager: ConnectionManager, schema: SchemaName) -> Self {
+        let class = migrate::stable_hash(&format!("duropg.claim.{schema}"));
+        Self {
+            pool,
+            manager,
+            sql: Sql::new(&schema),
+            claim_lock_class: class as u32 as i32,
+            schema,
+            signals: Signals::default(),
+        }
+    }
+
+    /// The tenant schema.
+    pub fn schema(&self) -> &SchemaName {
+        &self.schema
+    }
+
+    /// Check out a connection; a timeout reports the last connect error.
+    pub(crate) async fn conn(&self) -> Result<Pooled<'_>, StoreFault> {
+        let started = Instant::now();
+        self.pool.get().await.map_err(|e| match e {
+            bb8::RunError::User(e) => e.fault(),
+            bb8::RunError::TimedOut => StoreFault::PoolTimedOut {
+                waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                last_connect_error: self.manager.last_error(),
+            },
+        })
+    }
+
+    /// One statement (or an independent pipelined batch) outside a transaction.
+    pub(crate) async fn run(&self, stmts: &[Stmt<'_>]) -> Result<Vec<Vec<Row>>, StoreFault> {
+        let mut conn = self.conn().await?;
+        conn.pipeline(stmts).await
+    }
+
+    /// `BEGIN` plus `stmts` in one round trip; on failure the transaction is
+    /// rolled back and the fault returned. The caller must end the
+    /// transaction with [`PgStore::commit`] or [`PgStore::rollback`].
+    pub(crate) async fn begin(
+        &self,
+        conn: &mut PgConn,
+        stmts: Vec<Stmt<'_>>,
+    ) -> Result<Vec<Vec<Row>>, StoreFault> {
+        let mut all = Vec::with_capacity(stmts.len() + 1);
+        all.push(Stmt::new(&self.sql.begin));
+        all.extend(stmts);
+        match conn.pipeline(&all).await {
+            Ok(mut results) => {
+                results.remove(0);
+                Ok(results)
+            }
+            Err(fault) => {
+                if !conn.is_broken() {
+                    conn.rollback(&self.sql.rollback).await;
+                }
+                Err(fault)
+            }
+        }
+    }
+
+    /// More statements inside an open transaction; rolled back on failure.
+    pub(crate) async fn then(
+        &self,
+        conn: &mut PgConn,
+        stmts: Vec<Stmt<'_>>,
+    ) -> Result<Vec<Vec<Row>>, StoreFault> {
+        match conn.pipeline(&stmts).await {
+            Ok(results) => Ok(results),
+            Err(fault) => {
+                if !conn.is_broken() {
+                    conn.rollback(&self.sql.rollback).await;
+                }
+                Err(fault)
+            }
+        }
+    }
+
+    /// Commit. A lost reply becomes [`StoreFault::CommitOutcomeUnknown`]
+    /// carrying `xid` when the transaction learned it.
+    pub(crate) async fn commit(
+        &self,
+        conn: &mut PgConn,
+        xid: Option<u64>,
+    ) -> Result<(), StoreFault> {
+        match conn.pipeline(&[Stmt::new(&self.sql.commit)]).await {
+            Ok(_) => Ok(()),
+            Err(fault @ (StoreFault::Sql { .. } | StoreFault::Client { .. })) => Err(fault),
+            Err(other) => Err(StoreFault::CommitOutcomeUnknown {
+                detail: other.to_string(),
+                xid,
+            }),
+        }
+    }
+
+    /// Roll back an open transaction.
+    pub(crate) async fn rollback(&self, conn: &mut PgConn) {
+        conn.rollback(&self.sql.rollback).await;
+    }
+}
+
+/// Whether a `RETURNING` result found its row.
+pub(crate) fn guarded(rows: &[Row]) -> Guarded {
+    if rows.is_empty() {
+        Guarded::NotHeld
+    } else {
+        Guarded::Applied
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn signals(&self) -> &Signals {
+        &self.signals
+    }
+
+    async fn enqueue_orchestrator(&self, row: &OrchRow) -> Result<(), StoreFault> {
+        self.enqueue_orchestrator_row(row).await
+    }
+
+    async fn claim_instance(
+        &self,
+        claim: &InstanceClaim,
+    ) -> Result<Option<ClaimedInstance>, StoreFault> {
+        self.claim(claim).await
+    }
+
+    async fn release_instance(
+        &self,
+        lock_token: &str,
+        kind: ReleaseKind,
+    ) -> Result<(), StoreFault> {
+        self.release(lock_token, kind).await
+    }
+
+    async fn read_instance_lock(&self, lock_token: &str) -> Result<Option<LockRead>, StoreFault> {
+        self.read_lock(lock_token).await
+    }
+
+    async fn apply_turn(&self, plan: &TurnPlan) -> Result<Guarded, StoreFault> {
+        self.apply(plan).await
+    }
+
+    async fn abandon_instance(
+        &self,
+        lock_token: &str,
+        delay_ms: Option<u64>,
+        ignore_attempt: bool,
+    ) -> Result<Guarded, StoreFault> {
+        self.abandon(lock_token, delay_ms, ignore_attempt).await
+    }
+
+    async fn renew_instance_lock(
+        &self,
+        lock_token: &str,
+        extend_ms: u64,
+    ) -> Result<Guarded, StoreFault> {
+        self.renew(lock_token, extend_ms).await
+    }
+
+    async fn read_history(
+        &self,
+        instance: &str,
+        execution_id: Option<u64>,
+    ) -> Result<(u64, Vec<StoredEvent>), StoreFault> {
+        self.history(instance, execution_id).await
+    }
+
+    async fn append_history(
+        &self,
+        instance: &str,
+        execution_id: u64,
+        rows: &[HistoryRow],
+    ) -> Result<(), StoreFault> {
+        self.append(instance, execution_id, rows).await
+    }
+
+    async fn enqueue_worker(&self, row: &WorkerRow) -> Result<(), StoreFault> {
+        self.enqueue_worker_row(row).await
+    }
+
+    async fn claim_work_item(&self, claim: &WorkClaim) -> Result<Option<ClaimedWork>, StoreFault> {
+        self.claim_work(claim).await
+    }
+
+    async fn complete_work_item(
+        &self,
+        lock_token: &str,
+        completion: Option<&OrchRow>,
+    ) -> Result<Guarded, StoreFault> {
+        self.complete_work(lock_token, completion).await
+    }
+
+    async fn abandon_work_item(
+        &self,
+        lock_token: &str,
+        delay_ms: Option<u64>,
+        ignore_attempt: bool,
+    ) -> Result<Guarded, StoreFault> {
+        self.abandon_work(lock_token, delay_ms, ignore_attempt)
+            .await
+    }
+
+    async fn renew_work_item(
+        &self,
+        lock_token: &str,
+        extend_ms: u64,
+    ) -> Result<Guarded, StoreFault> {
+        self.renew_work(lock_token, extend_ms).await
+    }
+
+    async fn renew_sessions(
+        &self,
+        owner_ids: &[String],
+        extend_ms: u64,
+        idle_timeout_ms: u64,
+    ) -> Result<u64, StoreFault> {
+        self.renew_session_locks(owner_ids, extend_ms, idle_timeout_ms)
+            .await
+    }
+
+    async fn cleanup_sessions(&self) -> Result<u64, StoreFault> {
+        self.cleanup_orphan_sessions().await
+    }
+
+    async fn custom_status(
+        &self,
+        instance: &str,
+        last_seen_version: u64,
+    ) -> Result<Option<(Option<String>, u64)>, StoreFault> {
+        self.read_custom_status(instance, last_seen_version).await
+    }
+
+    async fn kv_value(&self, instance: &str, key: &str) -> Result<Option<String>, StoreFault> {
+        self.read_kv_value(instance, key).await
+    }
+
+    async fn kv_all(&self, instance: &str) -> Result<Vec<(String, String)>, StoreFault> {
+        self.read_kv_all(instance).await
+    }
+
+    async fn instance_stats(&self, instance: &str) -> Result<Option<RawStats>, StoreFault> {
+        self.read_instance_stats(instance).await
+    }
+
+    async fn commit_status(&self, xid: u64) -> Result<CommitStatus, StoreFault> {
+        self.read_commit_status(xid).await
+    }
+}

@@ -1,0 +1,298 @@
+//! Orchestrator queue, instance locks and history on Postgres.
+
+use super::error::{col, int, uint};
+use super::{guarded, PgStore, Stmt};
+use crate::store::{Guarded, InstanceClaim, ReleaseKind};
+use duropg_core::codec::{HistoryRow, StoredEvent};
+use duropg_core::fetch::{ClaimedInstance, RawKv, RawMessage};
+use duropg_core::instance::InstanceRow;
+use duropg_core::route::{OrchRow, Visibility};
+use duropg_core::turn::LockRead;
+use duropg_core::work::VersionWindow;
+use duropg_core::StoreFault;
+use tokio_postgres::Row;
+
+/// `(delay_ms, at_ms)` columns for a visibility.
+pub(crate) fn visibility_columns(v: Visibility) -> (Option<i64>, Option<i64>) {
+    match v {
+        Visibility::Now => (None, None),
+        Visibility::DelayMs(d) => (Some(int(d)), None),
+        Visibility::AtMs(t) => (None, Some(int(t))),
+    }
+}
+
+fn event_rows(rows: &[Row], table: &str, instance: &str) -> Result<Vec<StoredEvent>, StoreFault> {
+    rows.iter()
+        .map(|r| {
+            let key = || format!("instance {instance:?}");
+            Ok(StoredEvent {
+                event_id: uint(col(r, 0, table, &key)?),
+                data: col(r, 1, table, &key)?,
+            })
+        })
+        .collect()
+}
+
+impl PgStore {
+    pub(super) async fn enqueue_orchestrator_row(&self, row: &OrchRow) -> Result<(), StoreFault> {
+        let (delay, at) = visibility_columns(row.visibility);
+        let stmt = Stmt::new(&self.sql.enqueue_orchestrator)
+            .bind(row.instance.as_str())
+            .bind(row.payload.as_str())
+            .bind(delay)
+            .bind(at);
+        self.run(&[stmt]).await.map(|_| ())
+    }
+
+    pub(super) async fn claim(
+        &self,
+        claim: &InstanceClaim,
+    ) -> Result<Option<ClaimedInstance>, StoreFault> {
+        let (any, min, max) = match claim.window {
+            VersionWindow::Range { min, max } => (false, min, max),
+            VersionWindow::Any | VersionWindow::Nothing => (true, (0, 0, 0), (0, 0, 0)),
+        };
+        let mut conn = self.conn().await?;
+        let lock = Stmt::new(&self.sql.claim_instance)
+            .bind(any)
+            .bind(int(min.0))
+            .bind(int(min.1))
+            .bind(int(min.2))
+            .bind(int(max.0))
+            .bind(int(max.1))
+            .bind(int(max.2))
+            .bind(self.claim_lock_class)
+            .bind(claim.lock_token.as_str())
+            .bind(int(claim.lock_timeout_ms));
+        let locked = self.begin(&mut conn, vec![lock]).await?;
+        let Some(first) = locked[0].first() else {
+            self.commit(&mut conn, None).await?;
+            return Ok(None);
+        };
+        let instance: String = col(first, 0, "instance_locks", &|| "claimed instance".into())?;
+        let i = instance.as_str();
+        let reads = vec![
+            Stmt::new(&self.sql.tag_messages)
+                .bind(i)
+                .bind(claim.lock_token.as_str()),
+            Stmt::new(&self.sql.instance_row).bind(i),
+            Stmt::new(&self.sql.latest_history).bind(i),
+            Stmt::new(&self.sql.kv_snapshot).bind(i),
+        ];
+        let results = self.then(&mut conn, reads).await?;
+        let batch = claimed_batch(&instance, &claim.lock_token, &results)?;
+        self.commit(&mut conn, None).await?;
+        Ok(Some(batch))
+    }
+
+    pub(super) async fn release(
+        &self,
+        lock_token: &str,
+        kind: ReleaseKind,
+    ) -> Result<(), StoreFault> {
+        let sql = &self.sql;
+        let messages = match kind {
+            ReleaseKind::DropMessages => Some(Stmt::new(&sql.delete_tagged).bind(lock_token)),
+            ReleaseKind::Defer { delay_ms } => Some(
+                Stmt::new(&sql.untag_messages)
+                    .bind(lock_token)
+                    .bind(Some(int(delay_ms)))
+                    .bind(true),
+            ),
+            ReleaseKind::Unlock => None,
+        };
+        let mut stmts: Vec<Stmt> = messages.into_iter().collect();
+        stmts.push(Stmt::new(&sql.delete_lock).bind(lock_token));
+        let mut conn = self.conn().await?;
+        self.begin(&mut conn, stmts).await?;
+        self.commit(&mut conn, None).await
+    }
+
+    pub(super) async fn read_lock(&self, lock_token: &str) -> Result<Option<LockRead>, StoreFault> {
+        let rows = self
+            .run(&[Stmt::new(&self.sql.read_lock).bind(lock_token)])
+            .await?;
+        rows[0]
+            .first()
+            .map(|r| {
+                let key = || format!("lock token {lock_token:?}");
+                Ok(LockRead {
+                    instance: col(r, 0, "instance_locks", &key)?,
+                    locked_until_ms: uint(col(r, 1, "instance_locks", &key)?),
+                    now_ms: uint(col(r, 2, "instance_locks", &key)?),
+                })
+            })
+            .transpose()
+    }
+
+    pub(super) async fn abandon(
+        &self,
+        lock_token: &str,
+        delay_ms: Option<u64>,
+        ignore_attempt: bool,
+    ) -> Result<Guarded, StoreFault> {
+        let stmts = vec![
+            Stmt::new(&self.sql.delete_lock).bind(lock_token),
+            Stmt::new(&self.sql.untag_messages)
+                .bind(lock_token)
+                .bind(delay_ms.map(int))
+                .bind(ignore_attempt),
+        ];
+        let mut conn = self.conn().await?;
+        let results = self.begin(&mut conn, stmts).await?;
+        let outcome = guarded(&results[0]);
+        if outcome == Guarded::NotHeld {
+            self.rollback(&mut conn).await;
+            return Ok(Guarded::NotHeld);
+        }
+        self.commit(&mut conn, None).await?;
+        Ok(outcome)
+    }
+
+    pub(super) async fn renew(
+        &self,
+        lock_token: &str,
+        extend_ms: u64,
+    ) -> Result<Guarded, StoreFault> {
+        let rows = self
+            .run(&[Stmt::new(&self.sql.renew_lock)
+                .bind(lock_token)
+                .bind(int(extend_ms))])
+            .await?;
+        Ok(guarded(&rows[0]))
+    }
+
+    pub(super) async fn history(
+        &self,
+        instance: &str,
+        execution_id: Option<u64>,
+    ) -> Result<(u64, Vec<StoredEvent>), StoreFault> {
+        match execution_id {
+            Some(exec) => {
+                let rows = self
+                    .run(&[Stmt::new(&self.sql.execution_history)
+                        .bind(instance)
+                        .bind(int(exec))])
+                    .await?;
+                Ok((exec, event_rows(&rows[0], "history", instance)?))
+            }
+            None => {
+                let rows = self
+                    .run(&[Stmt::new(&self.sql.latest_history).bind(instance)])
+                    .await?;
+                let (exec, events) = latest_history(&rows[0], instance)?;
+                Ok((
+                    exec.unwrap_or(duropg_core::instance::INITIAL_EXECUTION_ID),
+                    events,
+                ))
+            }
+        }
+    }
+
+    pub(super) async fn append(
+        &self,
+        instance: &str,
+        execution_id: u64,
+        rows: &[HistoryRow],
+    ) -> Result<(), StoreFault> {
+        self.run(&[append_stmt(
+            &self.sql.append_history,
+            instance,
+            execution_id,
+            rows,
+        )])
+        .await
+        .map(|_| ())
+    }
+}
+
+/// The history-append statement for a batch of rows.
+pub(crate) fn append_stmt<'a>(
+    sql: &'a str,
+    instance: &'a str,
+    execution_id: u64,
+    rows: &[HistoryRow],
+) -> Stmt<'a> {
+    let ids: Vec<i64> = rows.iter().map(|r| int(r.event_id)).collect();
+    let types: Vec<String> = rows.iter().map(|r| r.event_type.clone()).collect();
+    let data: Vec<String> = rows.iter().map(|r| r.data.clone()).collect();
+    Stmt::new(sql)
+        .bind(instance)
+        .bind(int(execution_id))
+        .bind(ids)
+        .bind(types)
+        .bind(data)
+}
+
+/// Parse `latest_history` rows: the execution id (None when nothing is
+/// stored) and its events.
+fn latest_history(
+    rows: &[Row],
+    instance: &str,
+) -> Result<(Option<u64>, Vec<StoredEvent>), StoreFault> {
+    let key = || format!("instance {instance:?}");
+    let mut exec = None;
+    let mut events = Vec::new();
+    for r in rows {
+        exec = col::<Option<i64>>(r, 0, "history", &key)?.map(uint);
+        if let Some(id) = col::<Option<i64>>(r, 1, "history", &key)? {
+            events.push(StoredEvent {
+                event_id: uint(id),
+                data: col::<Option<String>>(r, 2, "history", &key)?.unwrap_or_default(),
+            });
+        }
+    }
+    Ok((exec, events))
+}
+
+/// Assemble what the claim read: tagged messages, row, history, KV.
+fn claimed_batch(
+    instance: &str,
+    lock_token: &str,
+    results: &[Vec<Row>],
+) -> Result<ClaimedInstance, StoreFault> {
+    let mut messages = results[0]
+        .iter()
+        .map(|r| {
+            let key = || format!("instance {instance:?}");
+            let attempts: i32 = col(r, 2, "orchestrator_queue", &key)?;
+            Ok(RawMessage {
+                id: col(r, 0, "orchestrator_queue", &key)?,
+                payload: col(r, 1, "orchestrator_queue", &key)?,
+                attempt_count: u32::try_from(attempts).unwrap_or(0),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreFault>>()?;
+    messages.sort_by_key(|m| m.id);
+    let key = || format!("instance {instance:?}");
+    let row = results[1]
+        .first()
+        .map(|r| {
+            Ok::<_, StoreFault>(InstanceRow {
+                name: col(r, 0, "instances", &key)?,
+                version: col(r, 1, "instances", &key)?,
+                current_execution_id: uint(col(r, 2, "instances", &key)?),
+            })
+        })
+        .transpose()?;
+    let (history_execution_id, history) = latest_history(&results[2], instance)?;
+    let kv = results[3]
+        .iter()
+        .map(|r| {
+            Ok(RawKv {
+                key: col(r, 0, "kv_store", &key)?,
+                value: col(r, 1, "kv_store", &key)?,
+                last_updated_at_ms: uint(col(r, 2, "kv_store", &key)?),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreFault>>()?;
+    Ok(ClaimedInstance {
+        instance: instance.to_string(),
+        lock_token: lock_token.to_string(),
+        messages,
+        row,
+        history_execution_id,
+        history,
+        kv,
+    })
+}

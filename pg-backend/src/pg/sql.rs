@@ -1,0 +1,399 @@
+//! Every SQL statement duropg runs, as templates, and the one function that
+//! turns a template into SQL text.
+//!
+//! Values are always bound parameters (`$1`, `$2`, …). Two placeholders are
+//! replaced by [`render`], and nothing else is ever spliced into SQL:
+//!
+//! - `{s}`: the tenant schema, validated by
+//!   [`SchemaName::parse`](duropg_core::SchemaName::parse) and quoted;
+//! - `{now}`: the store clock, a constant expression (milliseconds since the
+//!   epoch by `clock_timestamp()`, which — unlike `now()` — advances inside a
+//!   transaction, so a lease taken after a wait starts after the wait).
+//!
+//! Built-in functions are qualified with `pg_catalog`, and every connection
+//! runs with `search_path = pg_catalog, pg_temp`, so objects planted in
+//! `public` or `pg_temp` cannot capture a query.
+
+use duropg_core::SchemaName;
+
+/// The store clock in milliseconds since the Unix epoch.
+const NOW_MS: &str = "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint";
+
+/// Render a template for `schema`. The only place SQL text is assembled.
+pub fn render(template: &str, schema: &SchemaName) -> String {
+    template
+        .replace("{s}", &schema.quoted())
+        .replace("{now}", NOW_MS)
+}
+
+macro_rules! statements {
+    ($( $(#[$doc:meta])* $name:ident = $sql:expr; )*) => {
+        /// Every statement, rendered once per store.
+        #[derive(Debug, Clone)]
+        pub struct Sql {
+            $( $(#[$doc])* pub $name: String, )*
+        }
+
+        impl Sql {
+            /// Render all templates for `schema`.
+            pub fn new(schema: &SchemaName) -> Self {
+                Self { $( $name: render($sql, schema), )* }
+            }
+
+            /// Every `(name, template)` pair, for tests and audits.
+            pub fn templates() -> &'static [(&'static str, &'static str)] {
+                &[ $( (stringify!($name), $sql), )* ]
+            }
+        }
+    };
+}
+
+statements! {
+    /// Start a transaction.
+    begin = "BEGIN";
+    /// Commit it.
+    commit = "COMMIT";
+    /// Roll it back.
+    rollback = "ROLLBACK";
+    /// The store clock.
+    now_ms = "SELECT {now}";
+    /// The id of the current transaction (assigning one).
+    txid = "SELECT pg_catalog.txid_current()";
+    /// What became of a transaction.
+    txid_status = "SELECT pg_catalog.txid_status($1::bigint)";
+
+    // ---- orchestrator queue -------------------------------------------------
+
+    /// Insert one message. $1 instance, $2 payload, $3 delay ms (null: now), $4 absolute ms (null).
+    enqueue_orchestrator = "INSERT INTO {s}.orchestrator_queue (instance_id, work_item, visible_at_ms, enqueued_at_ms)
+        VALUES ($1, $2, COALESCE($4::bigint, {now} + COALESCE($3::bigint, 0)), {now})";
+
+    /// Insert many messages (same columns as arrays).
+    enqueue_orchestrator_many = "INSERT INTO {s}.orchestrator_queue (instance_id, work_item, visible_at_ms, enqueued_at_ms)
+        SELECT u.instance_id, u.work_item, COALESCE(u.at_ms, {now} + COALESCE(u.delay_ms, 0)), {now}
+        FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bigint[])) AS u(instance_id, work_item, delay_ms, at_ms)";
+
+    /// Claim the oldest visible message's instance that no live lock holds and
+    /// that the capability window admits ($1 any-version, $2..$4 min, $5..$7
+    /// max); skip instances another fetch is claiming right now (advisory
+    /// lock class $8); take the lock with token $9 for $10 ms.
+    claim_instance = "WITH ready AS MATERIALIZED (
+            SELECT q.id, q.instance_id
+            FROM {s}.orchestrator_queue q
+            WHERE q.visible_at_ms <= {now}
+              AND NOT EXISTS (
+                SELECT 1 FROM {s}.instance_locks l
+                WHERE l.instance_id = q.instance_id AND l.locked_until_ms > {now})
+              AND ($1::boolean OR NOT EXISTS (
+                SELECT 1 FROM {s}.instances i
+                JOIN {s}.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+                WHERE i.instance_id = q.instance_id
+                  AND e.pinned_major IS NOT NULL
+                  AND (ROW(e.pinned_major, e.pinned_minor, e.pinned_patch) < ROW($2::bigint, $3::bigint, $4::bigint)
+                    OR ROW(e.pinned_major, e.pinned_minor, e.pinned_patch) > ROW($5::bigint, $6::bigint, $7::bigint))))
+            ORDER BY q.id
+            LIMIT 64
+        ), candidates AS MATERIALIZED (
+            SELECT instance_id, min(id) AS first_id FROM ready GROUP BY instance_id ORDER BY first_id LIMIT 16
+        ), chosen AS (
+            SELECT instance_id FROM candidates
+            WHERE pg_catalog.pg_try_advisory_xact_lock($8::integer, pg_catalog.hashtext(instance_id))
+            LIMIT 1
+        )
+        INSERT INTO {s}.instance_locks AS l (instance_id, lock_token, locked_until_ms, locked_at_ms)
+        SELECT instance_id, $9, {now} + $10::bigint, {now} FROM chosen
+        ON CONFLICT (instance_id) DO UPDATE
+            SET lock_token = EXCLUDED.lock_token,
+                locked_until_ms = EXCLUDED.locked_until_ms,
+                locked_at_ms = EXCLUDED.locked_at_ms
+            WHERE l.locked_until_ms <= EXCLUDED.locked_at_ms
+        RETURNING instance_id";
+
+    /// Tag the claimed instance's visible messages with the lock token ($2) and count the attempt.
+    tag_messages = "UPDATE {s}.orchestrator_queue
+        SET lock_token = $2, attempt_count = attempt_count + 1
+        WHERE instance_id = $1 AND visible_at_ms <= {now}
+        RETURNING id, work_item, attempt_count";
+
+    /// The instance row.
+    instance_row = "SELECT orchestration_name, orchestration_version, current_execution_id
+        FROM {s}.instances WHERE instance_id = $1";
+
+    /// The materialized KV store of an instance.
+    kv_snapshot = "SELECT key, value, last_updated_at_ms FROM {s}.kv_store WHERE instance_id = $1";
+
+    /// Release a lock by token.
+    delete_lock = "DELETE FROM {s}.instance_locks WHERE lock_token = $1 RETURNING instance_id";
+
+    /// Delete the messages tagged with a token.
+    delete_tagged = "DELETE FROM {s}.orchestrator_queue WHERE lock_token = $1";
+
+    /// Hide tagged messages for $2 ms (null: leave visibility) and, if $3, give back the attempt.
+    untag_messages = "UPDATE {s}.orchestrator_queue
+        SET visible_at_ms = CASE WHEN $2::bigint IS NULL THEN visible_at_ms ELSE {now} + $2::bigint END,
+            attempt_count = CASE WHEN $3::boolean THEN GREATEST(attempt_count - 1, 0) ELSE attempt_count END
+        WHERE lock_token = $1";
+
+    /// What a lock token locks, with the clock.
+    read_lock = "SELECT instance_id, locked_until_ms, {now} FROM {s}.instance_locks WHERE lock_token = $1";
+
+    /// Extend an unexpired lock, never shortening it.
+    renew_lock = "UPDATE {s}.instance_locks
+        SET locked_until_ms = GREATEST(locked_until_ms, {now} + $2::bigint)
+        WHERE lock_token = $1 AND locked_until_ms > {now}
+        RETURNING instance_id";
+
+    // ---- turn (ack) --------------------------------------------------------
+
+    /// The guard: release the lock iff this token holds it unexpired; learn the transaction id.
+    turn_guard = "DELETE FROM {s}.instance_locks
+        WHERE lock_token = $1 AND locked_until_ms > {now}
+        RETURNING instance_id, pg_catalog.txid_current()";
+
+    /// Insert the instance row if absent, then set name and version.
+    upsert_instance = "INSERT INTO {s}.instances
+            (instance_id, orchestration_name, orchestration_version, current_execution_id, parent_instance_id, created_at_ms, updated_at_ms)
+        VALUES ($1, $2, $3, $4, $5, {now}, {now})
+        ON CONFLICT (instance_id) DO UPDATE
+            SET orchestration_name = EXCLUDED.orchestration_name,
+                orchestration_version = EXCLUDED.orchestration_version,
+                updated_at_ms = EXCLUDED.updated_at_ms";
+
+    /// Insert the execution row if absent.
+    ensure_execution = "INSERT INTO {s}.executions (instance_id, execution_id, status, started_at_ms)
+        VALUES ($1, $2, 'Running', {now})
+        ON CONFLICT (instance_id, execution_id) DO NOTHING";
+
+    /// Pin the execution's duroxide version.
+    pin_version = "UPDATE {s}.executions SET pinned_major = $3, pinned_minor = $4, pinned_patch = $5
+        WHERE instance_id = $1 AND execution_id = $2";
+
+    /// Raise the current execution.
+    advance_execution = "UPDATE {s}.instances
+        SET current_execution_id = GREATEST(current_execution_id, $2), updated_at_ms = {now}
+        WHERE instance_id = $1";
+
+    /// Append events (arrays of id, type, data).
+    append_history = "INSERT INTO {s}.history (instance_id, execution_id, event_id, event_type, event_data, created_at_ms)
+        SELECT $1, $2, u.event_id, u.event_type, u.event_data, {now}
+        FROM ROWS FROM (pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[])) AS u(event_id, event_type, event_data)";
+
+    /// Set execution status and output.
+    set_status = "UPDATE {s}.executions
+        SET status = $3, output = $4, completed_at_ms = CASE WHEN $3 = 'Running' THEN NULL ELSE {now} END
+        WHERE instance_id = $1 AND execution_id = $2";
+
+    /// Set the custom status and bump its version.
+    set_custom_status = "UPDATE {s}.instances
+        SET custom_status = $2, custom_status_version = custom_status_version + 1, updated_at_ms = {now}
+        WHERE instance_id = $1";
+
+    /// Record a KV write ($3 null: tombstone) in the delta.
+    kv_delta_put = "INSERT INTO {s}.kv_delta (instance_id, key, value, last_updated_at_ms)
+        VALUES ($1, $2, $3, $4)
+        ON CONFLICT (instance_id, key) DO UPDATE
+            SET value = EXCLUDED.value, last_updated_at_ms = EXCLUDED.last_updated_at_ms";
+
+    /// Tombstone every key, in the delta and from the store.
+    kv_clear_all = "WITH existing AS (
+            UPDATE {s}.kv_delta SET value = NULL, last_updated_at_ms = $2 WHERE instance_id = $1 RETURNING key
+        )
+        INSERT INTO {s}.kv_delta (instance_id, key, value, last_updated_at_ms)
+        SELECT s.instance_id, s.key, NULL, $2 FROM {s}.kv_store s
+        WHERE s.instance_id = $1 AND s.key NOT IN (SELECT key FROM existing)
+        ON CONFLICT (instance_id, key) DO UPDATE SET value = NULL, last_updated_at_ms = EXCLUDED.last_updated_at_ms";
+
+    /// Merge the delta into the store and clear it.
+    kv_merge = "WITH d AS (
+            DELETE FROM {s}.kv_delta WHERE instance_id = $1 RETURNING key, value, last_updated_at_ms
+        ), upserted AS (
+            INSERT INTO {s}.kv_store (instance_id, key, value, last_updated_at_ms)
+            SELECT $1, key, value, last_updated_at_ms FROM d WHERE value IS NOT NULL
+            ON CONFLICT (instance_id, key) DO UPDATE
+                SET value = EXCLUDED.value, last_updated_at_ms = EXCLUDED.last_updated_at_ms
+        )
+        DELETE FROM {s}.kv_store s USING d
+        WHERE s.instance_id = $1 AND s.key = d.key AND d.value IS NULL";
+
+    /// Insert activities (arrays).
+    enqueue_worker_many = "INSERT INTO {s}.worker_queue
+            (instance_id, execution_id, activity_id, session_id, tag, work_item, visible_at_ms, enqueued_at_ms)
+        SELECT u.instance_id, u.execution_id, u.activity_id, u.session_id, u.tag, u.work_item, {now}, {now}
+        FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::bigint[]), pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]))
+            AS u(instance_id, execution_id, activity_id, session_id, tag, work_item)";
+
+    /// Remove activities by identity (arrays).
+    cancel_activities = "DELETE FROM {s}.worker_queue w
+        USING ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::bigint[]), pg_catalog.unnest($3::bigint[])) AS c(instance_id, execution_id, activity_id)
+        WHERE w.instance_id = c.instance_id AND w.execution_id = c.execution_id AND w.activity_id = c.activity_id";
+
+    // ---- history -----------------------------------------------------------
+
+    /// History of the latest execution — the row's current execution, or
+    /// without a row the highest stored — with its id (NULL: nothing stored).
+    latest_history = "WITH latest AS (
+            SELECT COALESCE(
+                (SELECT current_execution_id FROM {s}.instances WHERE instance_id = $1),
+                (SELECT max(execution_id) FROM {s}.executions WHERE instance_id = $1),
+                (SELECT max(execution_id) FROM {s}.history WHERE instance_id = $1)) AS execution_id
+        )
+        SELECT latest.execution_id, h.event_id, h.event_data
+        FROM latest LEFT JOIN {s}.history h ON h.instance_id = $1 AND h.execution_id = latest.execution_id
+        ORDER BY h.event_id";
+
+    /// History of one execution.
+    execution_history = "SELECT event_id, event_data FROM {s}.history
+        WHERE instance_id = $1 AND execution_id = $2 ORDER BY event_id";
+
+    // ---- worker queue ------------------------------------------------------
+
+    /// Insert one activity.
+    enqueue_worker = "INSERT INTO {s}.worker_queue
+            (instance_id, execution_id, activity_id, session_id, tag, work_item, visible_at_ms, enqueued_at_ms)
+        VALUES ($1, $2, $3, $4, $5, $6, {now}, {now})";
+
+    /// Claim the oldest visible, unlocked activity admitted by the tag
+    /// predicate ($1 any, $2 untagged, $3 tags) and the session rule ($4
+    /// session-aware, $5 owner): lock it with token $6 for $7 ms.
+    claim_work = "WITH picked AS (
+            SELECT q.id FROM {s}.worker_queue q
+            WHERE q.visible_at_ms <= {now}
+              AND (q.lock_token IS NULL OR q.locked_until_ms <= {now})
+              AND ($1::boolean OR (q.tag IS NULL AND $2::boolean) OR q.tag = ANY($3::text[]))
+              AND (q.session_id IS NULL OR ($4::boolean AND NOT EXISTS (
+                    SELECT 1 FROM {s}.sessions s
+                    WHERE s.session_id = q.session_id AND s.locked_until_ms > {now} AND s.owner_id <> $5)))
+            ORDER BY q.id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE {s}.worker_queue w
+        SET lock_token = $6, locked_until_ms = {now} + $7::bigint, attempt_count = w.attempt_count + 1
+        FROM picked WHERE w.id = picked.id
+        RETURNING w.id, w.work_item, w.attempt_count, w.session_id";
+
+    /// Claim or refresh a session for an owner; no row when another owner holds it.
+    claim_session = "INSERT INTO {s}.sessions AS s (session_id, owner_id, locked_until_ms, last_activity_at_ms)
+        VALUES ($1, $2, {now} + $3::bigint, {now})
+        ON CONFLICT (session_id) DO UPDATE
+            SET owner_id = EXCLUDED.owner_id,
+                locked_until_ms = GREATEST(s.locked_until_ms, EXCLUDED.locked_until_ms),
+                last_activity_at_ms = EXCLUDED.last_activity_at_ms
+            WHERE s.owner_id = EXCLUDED.owner_id OR s.locked_until_ms <= EXCLUDED.last_activity_at_ms
+        RETURNING session_id";
+
+    /// Guarded delete of a held activity, learning the transaction id.
+    complete_work = "DELETE FROM {s}.worker_queue
+        WHERE lock_token = $1 AND locked_until_ms > {now}
+        RETURNING session_id, pg_catalog.txid_current()";
+
+    /// Mark session activity (only while the session lock is live).
+    touch_session = "UPDATE {s}.sessions SET last_activity_at_ms = {now}
+        WHERE session_id = $1 AND locked_until_ms > {now}";
+
+    /// Unlock an activity, optionally hiding it ($2 ms) and giving back the attempt ($3).
+    abandon_work = "UPDATE {s}.worker_queue
+        SET lock_token = NULL, locked_until_ms = NULL,
+            visible_at_ms = {now} + COALESCE($2::bigint, 0),
+            attempt_count = CASE WHEN $3::boolean THEN GREATEST(attempt_count - 1, 0) ELSE attempt_count END
+        WHERE lock_token = $1
+        RETURNING id";
+
+    /// Extend an unexpired activity lock, never shortening it.
+    renew_work = "UPDATE {s}.worker_queue
+        SET locked_until_ms = GREATEST(locked_until_ms, {now} + $2::bigint)
+        WHERE lock_token = $1 AND locked_until_ms > {now}
+        RETURNING session_id";
+
+    /// Extend live, non-idle sessions of the given owners.
+    renew_sessions = "UPDATE {s}.sessions
+        SET locked_until_ms = GREATEST(locked_until_ms, {now} + $2::bigint)
+        WHERE owner_id = ANY($1::text[])
+          AND locked_until_ms > {now}
+          AND last_activity_at_ms > {now} - $3::bigint
+        RETURNING session_id";
+
+    /// Delete expired sessions with no queued work.
+    cleanup_sessions = "DELETE FROM {s}.sessions s
+        WHERE s.locked_until_ms < {now}
+          AND NOT EXISTS (SELECT 1 FROM {s}.worker_queue q WHERE q.session_id = s.session_id)
+        RETURNING session_id";
+
+    // ---- read side ---------------------------------------------------------
+
+    /// Custom status above a version.
+    custom_status = "SELECT custom_status, custom_status_version FROM {s}.instances
+        WHERE instance_id = $1 AND custom_status_version > $2";
+
+    /// One KV value: delta (including tombstones) wins over the store.
+    kv_value = "SELECT d.value AS value, TRUE AS in_delta FROM {s}.kv_delta d WHERE d.instance_id = $1 AND d.key = $2
+        UNION ALL
+        SELECT s.value, FALSE FROM {s}.kv_store s WHERE s.instance_id = $1 AND s.key = $2
+        ORDER BY in_delta DESC LIMIT 1";
+
+    /// All live KV values.
+    kv_all = "SELECT key, value FROM (
+            SELECT COALESCE(d.key, s.key) AS key,
+                   CASE WHEN d.key IS NOT NULL THEN d.value ELSE s.value END AS value
+            FROM (SELECT key, value FROM {s}.kv_store WHERE instance_id = $1) s
+            FULL JOIN (SELECT key, value FROM {s}.kv_delta WHERE instance_id = $1) d ON d.key = s.key
+        ) merged WHERE value IS NOT NULL ORDER BY key";
+
+    /// Raw stats of the current execution.
+    instance_stats = "SELECT i.current_execution_id,
+            (SELECT count(*) FROM {s}.history h WHERE h.instance_id = i.instance_id AND h.execution_id = i.current_execution_id),
+            (SELECT COALESCE(sum(pg_catalog.octet_length(h.event_data)), 0)::bigint FROM {s}.history h
+                WHERE h.instance_id = i.instance_id AND h.execution_id = i.current_execution_id),
+            (SELECT h.event_data FROM {s}.history h
+                WHERE h.instance_id = i.instance_id AND h.execution_id = i.current_execution_id ORDER BY h.event_id LIMIT 1),
+            (SELECT count(*) FROM (
+                SELECT CASE WHEN d.key IS NOT NULL THEN d.value ELSE s.value END AS value
+                FROM (SELECT key, value FROM {s}.kv_store WHERE instance_id = $1) s
+                FULL JOIN (SELECT key, value FROM {s}.kv_delta WHERE instance_id = $1) d ON d.key = s.key) m
+              WHERE m.value IS NOT NULL),
+            (SELECT COALESCE(sum(pg_catalog.octet_length(m.value)), 0)::bigint FROM (
+                SELECT CASE WHEN d.key IS NOT NULL THEN d.value ELSE s.value END AS value
+                FROM (SELECT key, value FROM {s}.kv_store WHERE instance_id = $1) s
+                FULL JOIN (SELECT key, value FROM {s}.kv_delta WHERE instance_id = $1) d ON d.key = s.key) m)
+        FROM {s}.instances i WHERE i.instance_id = $1";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_quotes_the_schema_and_leaves_no_placeholder() {
+        let schema = SchemaName::parse("tenant_a").unwrap();
+        let sql = Sql::new(&schema);
+        assert!(sql
+            .claim_instance
+            .contains("\"tenant_a\".orchestrator_queue"));
+        for (name, template) in Sql::templates() {
+            let text = render(template, &schema);
+            assert!(!text.contains("{s}") && !text.contains("{now}"), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_table_reference_is_schema_qualified() {
+        let tables = [
+            "instances",
+            "executions",
+            "history",
+            "orchestrator_queue",
+            "instance_locks",
+            "worker_queue",
+            "sessions",
+            "kv_store",
+            "kv_delta",
+        ];
+        for (name, template) in Sql::templates() {
+            for word in template.split(|c: char| c.is_whitespace() || c == '(' || c == ',') {
+                if tables.contains(&word) {
+                    panic!("{name}: unqualified table reference {word:?}");
+                }
+            }
+        }
+    }
+}

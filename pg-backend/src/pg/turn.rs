@@ -1,0 +1,131 @@
+//! Executing a turn plan: the guard and every write in one pipelined round
+//! trip inside a transaction, then COMMIT (or ROLLBACK when the guard failed).
+
+use super::error::{col, int, uint};
+use super::orchestration::{append_stmt, visibility_columns};
+use super::sql::Sql;
+use super::{guarded, PgStore, Stmt};
+use crate::store::Guarded;
+use duropg_core::turn::{TurnOp, TurnPlan};
+use duropg_core::StoreFault;
+
+impl PgStore {
+    pub(super) async fn apply(&self, plan: &TurnPlan) -> Result<Guarded, StoreFault> {
+        if plan.ops.first() != Some(&TurnOp::ReleaseLock) {
+            return Err(StoreFault::Client {
+                detail: "turn plan does not start with its lock guard".into(),
+            });
+        }
+        let stmts: Vec<Stmt> = plan
+            .ops
+            .iter()
+            .flat_map(|op| op_stmts(&self.sql, plan, op))
+            .collect();
+        let mut conn = self.conn().await?;
+        let results = self.begin(&mut conn, stmts).await?;
+        if guarded(&results[0]) == Guarded::NotHeld {
+            self.rollback(&mut conn).await;
+            return Ok(Guarded::NotHeld);
+        }
+        let xid = col::<i64>(&results[0][0], 1, "instance_locks", &|| "txid".into()).map(uint)?;
+        self.commit(&mut conn, Some(xid)).await?;
+        Ok(Guarded::Applied)
+    }
+}
+
+/// The statements for one operation.
+fn op_stmts<'a>(sql: &'a Sql, plan: &'a TurnPlan, op: &'a TurnOp) -> Vec<Stmt<'a>> {
+    let i = plan.instance.as_str();
+    let token = plan.lock_token.as_str();
+    let one = |s: Stmt<'a>| vec![s];
+    match op {
+        TurnOp::ReleaseLock => one(Stmt::new(&sql.turn_guard).bind(token)),
+        TurnOp::DeleteLockedMessages => one(Stmt::new(&sql.delete_tagged).bind(token)),
+        TurnOp::UpsertInstance(u) => one(Stmt::new(&sql.upsert_instance)
+            .bind(i)
+            .bind(u.name.as_str())
+            .bind(u.version.as_str())
+            .bind(int(u.execution_id))
+            .bind(u.parent_instance_id.as_deref())),
+        TurnOp::EnsureExecution { execution_id } => one(Stmt::new(&sql.ensure_execution)
+            .bind(i)
+            .bind(int(*execution_id))),
+        TurnOp::PinVersion {
+            execution_id,
+            version,
+        } => one(Stmt::new(&sql.pin_version)
+            .bind(i)
+            .bind(int(*execution_id))
+            .bind(int(version.0))
+            .bind(int(version.1))
+            .bind(int(version.2))),
+        TurnOp::AdvanceCurrentExecution { execution_id } => one(Stmt::new(&sql.advance_execution)
+            .bind(i)
+            .bind(int(*execution_id))),
+        TurnOp::AppendHistory { execution_id, rows } => {
+            one(append_stmt(&sql.append_history, i, *execution_id, rows))
+        }
+        TurnOp::SetExecutionStatus {
+            execution_id,
+            status,
+            output,
+        } => one(Stmt::new(&sql.set_status)
+            .bind(i)
+            .bind(int(*execution_id))
+            .bind(status.as_str())
+            .bind(output.as_deref())),
+        TurnOp::SetCustomStatus { value } => one(Stmt::new(&sql.set_custom_status)
+            .bind(i)
+            .bind(value.as_deref())),
+        TurnOp::KvSet { key, value, at_ms } => one(Stmt::new(&sql.kv_delta_put)
+            .bind(i)
+            .bind(key.as_str())
+            .bind(Some(value.as_str()))
+            .bind(int(*at_ms))),
+        TurnOp::KvClear { key, at_ms } => one(Stmt::new(&sql.kv_delta_put)
+            .bind(i)
+            .bind(key.as_str())
+            .bind(None::<&str>)
+            .bind(int(*at_ms))),
+        TurnOp::KvClearAll { at_ms } => one(Stmt::new(&sql.kv_clear_all).bind(i).bind(int(*at_ms))),
+        TurnOp::KvMergeDelta => one(Stmt::new(&sql.kv_merge).bind(i)),
+        TurnOp::EnqueueWorker(rows) => one(Stmt::new(&sql.enqueue_worker_many)
+            .bind(
+                rows.iter()
+                    .map(|r| r.key.instance.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| int(r.key.execution_id))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| int(r.key.activity_id))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.session_id.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|r| r.tag.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())),
+        TurnOp::CancelActivities(keys) => one(Stmt::new(&sql.cancel_activities)
+            .bind(keys.iter().map(|k| k.instance.clone()).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| int(k.execution_id)).collect::<Vec<_>>())
+            .bind(keys.iter().map(|k| int(k.activity_id)).collect::<Vec<_>>())),
+        TurnOp::EnqueueOrchestrator(rows) => {
+            let (delays, ats): (Vec<Option<i64>>, Vec<Option<i64>>) = rows
+                .iter()
+                .map(|r| visibility_columns(r.visibility))
+                .unzip();
+            one(Stmt::new(&sql.enqueue_orchestrator_many)
+                .bind(rows.iter().map(|r| r.instance.clone()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+                .bind(delays)
+                .bind(ats))
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Worker queue and sessions on Postgres.
+
+use super::error::{col, int, uint};
+use super::orchestration::visibility_columns;
+use super::{guarded, PgStore, Stmt};
+use crate::store::{ClaimedWork, Guarded, WorkClaim};
+use duropg_core::route::{OrchRow, WorkerRow};
+use duropg_core::work::TagPredicate;
+use duropg_core::StoreFault;
+
+impl PgStore {
+    pub(super) async fn enqueue_worker_row(&self, row: &WorkerRow) -> Result<(), StoreFault> {
+        let stmt = Stmt::new(&self.sql.enqueue_worker)
+            .bind(row.key.instance.as_str())
+            .bind(int(row.key.execution_id))
+            .bind(int(row.key.activity_id))
+            .bind(row.session_id.as_deref())
+            .bind(row.tag.as_deref())
+            .bind(row.payload.as_str());
+        self.run(&[stmt]).await.map(|_| ())
+    }
+
+    pub(super) async fn claim_work(
+        &self,
+        claim: &WorkClaim,
+    ) -> Result<Option<ClaimedWork>, StoreFault> {
+        let (any, untagged, tags) = match &claim.tags {
+            TagPredicate::Nothing => return Ok(None),
+            TagPredicate::Rows {
+                untagged,
+                tags,
+                any,
+            } => (*any, *untagged, tags.clone()),
+        };
+        let owner = claim
+            .session
+            .as_ref()
+            .map(|s| s.owner_id.as_str())
+            .unwrap_or("");
+        let stmt = Stmt::new(&self.sql.claim_work)
+            .bind(any)
+            .bind(untagged)
+            .bind(tags)
+            .bind(claim.session.is_some())
+            .bind(owner)
+            .bind(claim.lock_token.as_str())
+            .bind(int(claim.lock_timeout_ms));
+        let mut conn = self.conn().await?;
+        let results = self.begin(&mut conn, vec![stmt]).await?;
+        let Some(row) = results[0].first() else {
+            self.commit(&mut conn, None).await?;
+            return Ok(None);
+        };
+        let key = || "claimed work item".to_string();
+        let attempts: i32 = col(row, 2, "worker_queue", &key)?;
+        let work = ClaimedWork {
+            id: col(row, 0, "worker_queue", &key)?,
+            payload: col(row, 1, "worker_queue", &key)?,
+            attempt_count: u32::try_from(attempts).unwrap_or(0),
+        };
+        let session: Option<String> = col(row, 3, "worker_queue", &key)?;
+        if let (Some(session_id), Some(s)) = (session, &claim.session) {
+            let stmt = Stmt::new(&self.sql.claim_session)
+                .bind(session_id)
+                .bind(s.owner_id.as_str())
+                .bind(int(s.lock_timeout_ms));
+            let claimed = self.then(&mut conn, vec![stmt]).await?;
+            if guarded(&claimed[0]) == Guarded::NotHeld {
+                // Another owner claimed the session first: give the item back.
+                self.rollback(&mut conn).await;
+                return Ok(None);
+            }
+        }
+        self.commit(&mut conn, None).await?;
+        Ok(Some(work))
+    }
+
+    pub(super) async fn complete_work(
+        &self,
+        lock_token: &str,
+        completion: Option<&OrchRow>,
+    ) -> Result<Guarded, StoreFault> {
+        let mut stmts = vec![Stmt::new(&self.sql.complete_work).bind(lock_token)];
+        if let Some(row) = completion {
+            let (delay, at) = visibility_columns(row.visibility);
+            stmts.push(
+                Stmt::new(&self.sql.enqueue_orchestrator)
+                    .bind(row.instance.as_str())
+                    .bind(row.payload.as_str())
+                    .bind(delay)
+                    .bind(at),
+            );
+        }
+        let mut conn = self.conn().await?;
+        let results = self.begin(&mut conn, stmts).await?;
+        let Some(deleted) = results[0].first() else {
+            self.rollback(&mut conn).await;
+            return Ok(Guarded::NotHeld);
+        };
+        let key = || format!("lock token {lock_token:?}");
+        let session: Option<String> = col(deleted, 0, "worker_queue", &key)?;
+        let xid = uint(col(deleted, 1, "worker_queue", &key)?);
+        if let Some(session_id) = session {
+            self.then(
+                &mut conn,
+                vec![Stmt::new(&self.sql.touch_session).bind(session_id)],
+            )
+            .await?;
+        }
+        self.commit(&mut conn, Some(xid)).await?;
+        Ok(Guarded::Applied)
+    }
+
+    pub(super) async fn abandon_work(
+        &self,
+        lock_token: &str,
+        delay_ms: Option<u64>,
+        ignore_attempt: bool,
+    ) -> Result<Guarded, StoreFault> {
+        let stmt = Stmt::new(&self.sql.abandon_work)
+            .bind(lock_token)
+            .bind(delay_ms.map(int))
+            .bind(ignore_attempt);
+        let rows = self.run(&[stmt]).await?;
+        Ok(guarded(&rows[0]))
+    }
+
+    pub(super) async fn renew_work(
+        &self,
+        lock_token: &str,
+        extend_ms: u64,
+    ) -> Result<Guarded, StoreFault> {
+        let stmt = Stmt::new(&self.sql.renew_work)
+            .bind(lock_token)
+            .bind(int(extend_ms));
+        let mut conn = self.conn().await?;
+        let rows = conn.pipeline(&[stmt]).await?;
+        let Some(row) = rows[0].first() else {
+            return Ok(Guarded::NotHeld);
+        };
+        let session: Option<String> = col(row, 0, "worker_queue", &|| {
+            format!("lock token {lock_token:?}")
+        })?;
+        if let Some(session_id) = session {
+            conn.pipeline(&[Stmt::new(&self.sql.touch_session).bind(session_id)])
+                .await?;
+        }
+        Ok(Guarded::Applied)
+    }
+
+    pub(super) async fn renew_session_locks(
+        &self,
+        owner_ids: &[String],
+        extend_ms: u64,
+        idle_timeout_ms: u64,
+    ) -> Result<u64, StoreFault> {
+        let stmt = Stmt::new(&self.sql.renew_sessions)
+            .bind(owner_ids.to_vec())
+            .bind(int(extend_ms))
+            .bind(int(idle_timeout_ms));
+        let rows = self.run(&[stmt]).await?;
+        Ok(rows[0].len() as u64)
+    }
+
+    pub(super) async fn cleanup_orphan_sessions(&self) -> Result<u64, StoreFault> {
+        let rows = self.run(&[Stmt::new(&self.sql.cleanup_sessions)]).await?;
+        Ok(rows[0].len() as u64)
+    }
+}
