@@ -1,0 +1,301 @@
+//! Shared support for duropg's integration tests: where the database is,
+//! fresh schemas that clean up after themselves, and the duroxide
+//! `ProviderFactory` with the hooks its validation suite needs.
+//!
+//! Tests never skip when PostgreSQL is missing: [`admin`] panics with the
+//! command that starts it.
+#![forbid(unsafe_code)]
+
+use async_trait::async_trait;
+use duropg::{PgProvider, PgProviderBuilder};
+use duroxide::provider_validations::ProviderFactory;
+use duroxide::providers::Provider;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+/// The database the tests use: `DATABASE_URL`, or the local server.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// Log to stderr when `RUST_LOG` is set.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// A plain connection for test setup and inspection. Panics, saying how to
+/// start PostgreSQL, when the server cannot be reached.
+pub async fn admin() -> tokio_postgres::Client {
+    let url = database_url();
+    let connected = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_postgres::connect(&url, tokio_postgres::NoTls),
+    )
+    .await;
+    match connected {
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            client
+        }
+        Ok(Err(e)) => panic!("{}", no_postgres(&e.to_string())),
+        Err(_) => panic!("{}", no_postgres("no answer within 10 s")),
+    }
+}
+
+fn no_postgres(why: &str) -> String {
+    format!(
+        "PostgreSQL is required for these tests and is not reachable at DATABASE_URL={} ({why}).\n\
+         Start the local server with:\n    pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n\
+         or point DATABASE_URL at a server you can use.",
+        database_url()
+    )
+}
+
+static SCHEMA_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A schema name unique to this process and call, tagged with `label`.
+pub fn unique_schema(label: &str) -> String {
+    let n = SCHEMA_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let label: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    format!("t_{label}_{}_{n}", std::process::id())
+}
+
+/// A fresh schema dropped (with everything in it) when this value is dropped,
+/// even when the test panics.
+#[derive(Debug)]
+pub struct TestSchema {
+    name: String,
+}
+
+impl TestSchema {
+    /// A new, not-yet-created schema name; duropg creates it on first connect.
+    pub fn new(label: &str) -> Self {
+        Self {
+            name: unique_schema(label),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A builder for a provider on this schema with a small pool.
+    pub fn builder(&self) -> PgProviderBuilder {
+        PgProvider::builder(&database_url())
+            .schema(&self.name)
+            .pool_size(3)
+    }
+
+    /// A provider on this schema with test defaults.
+    pub async fn provider(&self) -> PgProvider {
+        match self.builder().build().await {
+            Ok(p) => p,
+            Err(e) => panic!("{}", no_postgres(&e.to_string())),
+        }
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop from a thread of its own: this may run inside (or after) an
+        // async test's runtime, or while unwinding.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// duroxide's `ProviderFactory` for duropg: every provider it creates shares
+/// one fresh schema.
+pub struct PgFactory {
+    schema: TestSchema,
+    long_poll: bool,
+    lock_timeout: Duration,
+}
+
+impl PgFactory {
+    /// A factory on a fresh schema; long polling off (the suite's
+    /// short-poll expectations) unless `long_poll`.
+    pub fn new(label: &str, long_poll: bool) -> Self {
+        init_tracing();
+        Self {
+            schema: TestSchema::new(label),
+            long_poll,
+            lock_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &TestSchema {
+        &self.schema
+    }
+
+    /// A concrete provider.
+    pub async fn pg_provider(&self) -> PgProvider {
+        match self
+            .schema
+            .builder()
+            .long_poll(self.long_poll)
+            .build()
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => panic!("{}", no_postgres(&e.to_string())),
+        }
+    }
+
+    async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Vec<tokio_postgres::Row> {
+        let client = admin().await;
+        match client.query(sql, params).await {
+            Ok(rows) => rows,
+            Err(e) => panic!("test hook query failed: {e}: {sql}"),
+        }
+    }
+}
+
+#[async_trait]
+impl ProviderFactory for PgFactory {
+    async fn create_provider(&self) -> Arc<dyn Provider> {
+        Arc::new(self.pg_provider().await)
+    }
+
+    fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
+    }
+
+    fn short_poll_threshold(&self) -> Duration {
+        // duroxide suggests 500 ms for networked databases.
+        Duration::from_millis(500)
+    }
+
+    async fn corrupt_instance_history(&self, instance: &str) {
+        let sql = format!(
+            "UPDATE \"{}\".history SET event_data = '{{\"type\":\"EventFromTheFuture\",\"garbage\":' WHERE instance_id = $1",
+            self.schema.name()
+        );
+        self.exec(&sql, &[&instance]).await;
+    }
+
+    async fn get_max_attempt_count(&self, instance: &str) -> u32 {
+        let sql = format!(
+            "SELECT COALESCE(max(attempt_count), 0) FROM \"{}\".orchestrator_queue WHERE instance_id = $1",
+            self.schema.name()
+        );
+        let rows = self.exec(&sql, &[&instance]).await;
+        let n: i32 = rows.first().map(|r| r.get(0)).unwrap_or(0);
+        u32::try_from(n).unwrap_or(0)
+    }
+}
+
+/// A duroxide runtime on a fresh schema, with its client; shut down and the
+/// schema dropped when the value is dropped via [`RuntimeHarness::stop`].
+pub struct RuntimeHarness {
+    /// The schema (dropped last).
+    pub schema: TestSchema,
+    /// The provider shared by runtime and client.
+    pub provider: Arc<PgProvider>,
+    /// The runtime.
+    pub runtime: Arc<duroxide::runtime::Runtime>,
+    /// A client on the same provider.
+    pub client: duroxide::Client,
+}
+
+impl RuntimeHarness {
+    /// Start a runtime with these registries on a fresh schema.
+    pub async fn start(
+        label: &str,
+        activities: duroxide::runtime::registry::ActivityRegistry,
+        orchestrations: duroxide::OrchestrationRegistry,
+    ) -> Self {
+        init_tracing();
+        let schema = TestSchema::new(label);
+        let provider = Arc::new(schema.provider().await);
+        let runtime = duroxide::runtime::Runtime::start_with_store(
+            provider.clone(),
+            activities,
+            orchestrations,
+        )
+        .await;
+        let client = duroxide::Client::new(provider.clone());
+        Self {
+            schema,
+            provider,
+            runtime,
+            client,
+        }
+    }
+
+    /// Start `name` as `instance` and wait (up to `timeout`) for its end.
+    pub async fn run(
+        &self,
+        instance: &str,
+        name: &str,
+        input: &str,
+        timeout: Duration,
+    ) -> duroxide::OrchestrationStatus {
+        if let Err(e) = self.client.start_orchestration(instance, name, input).await {
+            panic!("start {instance}: {e:?}");
+        }
+        match self.client.wait_for_orchestration(instance, timeout).await {
+            Ok(status) => status,
+            Err(e) => panic!("waiting for {instance}: {e:?}"),
+        }
+    }
+
+    /// Shut the runtime down (the schema is dropped with `self`).
+    pub async fn stop(self) {
+        self.runtime.clone().shutdown(Some(2_000)).await;
+    }
+}
+
+/// The output of a completed orchestration; panics with the status otherwise.
+pub fn completed_output(status: &duroxide::OrchestrationStatus) -> &str {
+    match status {
+        duroxide::OrchestrationStatus::Completed { output, .. } => output,
+        other => panic!("expected Completed, got {other:?}"),
+    }
+}
