@@ -52,3 +52,8 @@ pub use store::Store;
 /// The duropg provider: the [`Engine`] over the Postgres store. Implements
 /// duroxide's `Provider`.
 pub type PgProvider = Engine<PgStore>;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -248,18 +248,6 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-impl ConnectError {
-    /// The typed fault, for classification.
-    pub fn fault(&self) -> StoreFault {
-        match self {
-            ConnectError::Driver(e) => fault(e),
-            ConnectError::TimedOut(_) => StoreFault::Io {
-                detail: self.to_string(),
-            },
-        }
-    }
-}
-
 /// `host:port[, host:port…]` of a config.
 pub fn describe_target(config: &Config) -> String {
     let ports = config.get_ports();

@@ -1,6 +1,8 @@
-//! The one function that turns driver and pool errors into [`StoreFault`]s,
-//! plus typed row access that reports corrupted rows by table and key.
+//! Where driver, connect and pool errors become [`StoreFault`]s — this module
+//! and nowhere else — plus typed row access that reports corrupted rows by
+//! table and key.
 
+use super::conn::ConnectError;
 use duropg_core::fault::CACHED_PLAN_MESSAGE;
 use duropg_core::StoreFault;
 use std::error::Error as _;
@@ -33,6 +35,33 @@ pub fn fault(e: &tokio_postgres::Error) -> StoreFault {
     }
     StoreFault::Client {
         detail: e.to_string(),
+    }
+}
+
+/// Map a failure to open a connection.
+pub fn connect_fault(e: &ConnectError) -> StoreFault {
+    match e {
+        ConnectError::Driver(e) => fault(e),
+        ConnectError::TimedOut(_) => StoreFault::Io {
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// Map a failure to check a connection out of the pool. bb8 opens
+/// connections in the background, so a server that refuses them shows up as
+/// a wait that times out; the last connect error is reported with it.
+pub fn pool_fault(
+    e: bb8::RunError<ConnectError>,
+    waited_ms: u64,
+    last_connect_error: Option<String>,
+) -> StoreFault {
+    match e {
+        bb8::RunError::User(e) => connect_fault(&e),
+        bb8::RunError::TimedOut => StoreFault::PoolTimedOut {
+            waited_ms,
+            last_connect_error,
+        },
     }
 }
 

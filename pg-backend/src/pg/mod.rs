@@ -5,7 +5,7 @@
 //! its statements pipelined where they do not depend on each other.
 
 mod conn;
-pub(crate) mod error;
+pub mod error;
 pub mod migrate;
 mod orchestration;
 mod reads;
@@ -76,12 +76,9 @@ impl PgStore {
     /// Check out a connection; a timeout reports the last connect error.
     pub(crate) async fn conn(&self) -> Result<Pooled<'_>, StoreFault> {
         let started = Instant::now();
-        self.pool.get().await.map_err(|e| match e {
-            bb8::RunError::User(e) => e.fault(),
-            bb8::RunError::TimedOut => StoreFault::PoolTimedOut {
-                waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                last_connect_error: self.manager.last_error(),
-            },
+        self.pool.get().await.map_err(|e| {
+            let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            error::pool_fault(e, waited_ms, self.manager.last_error())
         })
     }
 
