@@ -73,8 +73,7 @@ pub fn encode_event(event: &Event) -> Result<HistoryRow, EncodeError> {
             event.instance_id
         )));
     }
-    let value = serde_json::to_value(event)
-        .map_err(|e| EncodeError(format!("cannot serialize event: {e}")))?;
+    let value = serde_json::to_value(event).map_err(|e| EncodeError(format!("cannot serialize event: {e}")))?;
     let event_type = value
         .get("type")
         .and_then(|t| t.as_str())
@@ -92,19 +91,12 @@ pub fn encode_event(event: &Event) -> Result<HistoryRow, EncodeError> {
 /// # Errors
 /// A [`StoreFault::Decode`] naming the instance, execution and event id of the
 /// first row that does not decode. Nothing is skipped.
-pub fn decode_history(
-    instance: &str,
-    execution_id: u64,
-    rows: &[StoredEvent],
-) -> Result<Vec<Event>, StoreFault> {
+pub fn decode_history(instance: &str, execution_id: u64, rows: &[StoredEvent]) -> Result<Vec<Event>, StoreFault> {
     rows.iter()
         .map(|row| {
             serde_json::from_str::<Event>(&row.data).map_err(|e| StoreFault::Decode {
                 table: "history".to_string(),
-                key: format!(
-                    "instance {instance:?} execution {execution_id} event {}",
-                    row.event_id
-                ),
+                key: format!("instance {instance:?} execution {execution_id} event {}", row.event_id),
                 detail: format!("event does not decode: {e}"),
             })
         })
@@ -153,10 +145,7 @@ mod tests {
 
     #[test]
     fn event_id_zero_is_rejected() {
-        assert!(encode_event(&started(0))
-            .unwrap_err()
-            .0
-            .contains("event id 0"));
+        assert!(encode_event(&started(0)).unwrap_err().0.contains("event id 0"));
     }
 
     #[test]
@@ -181,8 +170,7 @@ mod tests {
 
     #[test]
     fn unknown_work_item_variant_is_a_decode_fault() {
-        let err =
-            decode_work_item("worker_queue", "id 7", r#"{"FutureVariant":{"x":1}}"#).unwrap_err();
+        let err = decode_work_item("worker_queue", "id 7", r#"{"FutureVariant":{"x":1}}"#).unwrap_err();
         assert!(matches!(err, StoreFault::Decode { ref table, .. } if table == "worker_queue"));
     }
 }

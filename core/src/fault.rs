@@ -118,10 +118,7 @@ impl fmt::Display for StoreFault {
                 waited_ms,
                 last_connect_error,
             } => {
-                write!(
-                    f,
-                    "no pooled connection became available within {waited_ms} ms"
-                )?;
+                write!(f, "no pooled connection became available within {waited_ms} ms")?;
                 match last_connect_error {
                     Some(e) => write!(f, " (last connection attempt: {e})"),
                     None => Ok(()),
@@ -160,12 +157,7 @@ pub struct SqlStateRule {
     pub reason: &'static str,
 }
 
-const fn rule(
-    code: &'static str,
-    condition: &'static str,
-    class: Class,
-    reason: &'static str,
-) -> SqlStateRule {
+const fn rule(code: &'static str, condition: &'static str, class: Class, reason: &'static str) -> SqlStateRule {
     SqlStateRule {
         code,
         message_contains: None,
@@ -329,10 +321,7 @@ mod tests {
             }),
             Class::Retryable
         );
-        assert_eq!(
-            classify(&StoreFault::Io { detail: "x".into() }),
-            Class::Retryable
-        );
+        assert_eq!(classify(&StoreFault::Io { detail: "x".into() }), Class::Retryable);
     }
 
     #[test]
@@ -391,10 +380,7 @@ mod tests {
     fn every_rule_code_is_a_class_or_a_full_code() {
         for r in SQLSTATE_RULES {
             assert!(r.code.len() == 2 || r.code.len() == 5, "{}", r.code);
-            assert!(r
-                .code
-                .chars()
-                .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));
+            assert!(r.code.chars().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));
             assert!(!r.reason.is_empty());
         }
     }
@@ -404,12 +390,7 @@ mod tests {
         let mut rows: Vec<String> = SQLSTATE_RULES
             .iter()
             .chain(std::iter::once(&UNLISTED_RULE))
-            .map(|r| {
-                format!(
-                    "| `{}` | {} | {} | {} |",
-                    r.code, r.condition, r.class, r.reason
-                )
-            })
+            .map(|r| format!("| `{}` | {} | {} | {} |", r.code, r.condition, r.class, r.reason))
             .collect();
         for (what, class, reason) in NON_SQL_RULES {
             rows.push(format!("| `{what}` | - | {class} | {reason} |"));
@@ -442,9 +423,7 @@ mod tests {
         fn arbitrary(g: &mut Gen) -> Self {
             const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
             let known: Vec<&str> = SQLSTATE_RULES.iter().map(|r| r.code).collect();
-            let mut code: String = (0..5)
-                .map(|_| *g.choose(ALPHABET).unwrap_or(&b'0') as char)
-                .collect();
+            let mut code: String = (0..5).map(|_| *g.choose(ALPHABET).unwrap_or(&b'0') as char).collect();
             if bool::arbitrary(g) {
                 // Bias towards listed classes so every row is exercised.
                 let prefix = g.choose(&known).copied().unwrap_or("40");

@@ -12,8 +12,7 @@
 use crate::codec::{decode_history, decode_work_item, StoredEvent};
 use crate::fault::StoreFault;
 use crate::instance::{
-    identity, Identity, InstanceRow, NoStartMessage, StoredHistory, INITIAL_EXECUTION_ID,
-    UNKNOWN_VERSION,
+    identity, Identity, InstanceRow, NoStartMessage, StoredHistory, INITIAL_EXECUTION_ID, UNKNOWN_VERSION,
 };
 use duroxide::providers::{KvEntry, OrchestrationItem, WorkItem};
 use std::collections::HashMap;
@@ -27,6 +26,8 @@ pub struct RawMessage {
     pub payload: String,
     /// Attempt count after the claim's increment.
     pub attempt_count: u32,
+    /// When it was enqueued, store clock.
+    pub enqueued_at_ms: u64,
 }
 
 /// One KV row as read.
@@ -47,6 +48,8 @@ pub struct ClaimedInstance {
     pub instance: String,
     /// The new lock token.
     pub lock_token: String,
+    /// The store's clock at the claim.
+    pub now_ms: u64,
     /// Tagged messages, in queue order.
     pub messages: Vec<RawMessage>,
     /// The instance row, if one exists.
@@ -71,8 +74,11 @@ pub enum FetchDecision {
         /// Highest attempt count in the batch.
         attempt_count: u32,
     },
-    /// The instance does not exist and the batch is only `QueueMessage`s:
-    /// delete the batch and release the lock.
+    /// The instance does not exist (no row, no history) and nothing in the
+    /// batch can ever start it: only `QueueMessage`s (duroxide drops events
+    /// queued before their instance starts) and completions (of activities,
+    /// timers or sub-orchestrations of an instance that was deleted). Delete
+    /// the batch and release the lock.
     DropOrphans {
         /// The instance.
         instance: String,
@@ -81,11 +87,13 @@ pub enum FetchDecision {
     },
     /// The instance does not exist and the batch holds no start message (for
     /// example an event raised before its instance was started). Release the
-    /// lock, give back the attempt, and hide the batch for a while so the
+    /// lock, give back the attempt, and hide the batch for `delay_ms` so the
     /// instance does not block the head of the queue.
     Defer {
         /// Why.
         reason: NoStartMessage,
+        /// How long to hide it: grows with the age of the oldest message.
+        delay_ms: u64,
     },
     /// The messages vanished between lock and read (acked by a lock holder
     /// that was already finishing): release the lock.
@@ -112,17 +120,40 @@ fn decode_messages(batch: &ClaimedInstance) -> (Vec<WorkItem>, Option<StoreFault
     (messages, corrupt)
 }
 
+/// Shortest and longest time a deferred batch is hidden.
+pub const DEFER_MIN_MS: u64 = 1_000;
+/// See [`DEFER_MIN_MS`].
+pub const DEFER_MAX_MS: u64 = 60_000;
+
+/// How long to hide a batch that cannot run yet: a tenth of the age of its
+/// oldest message, between [`DEFER_MIN_MS`] and [`DEFER_MAX_MS`]. A start that
+/// is about to arrive is noticed within a second; a message whose instance
+/// will never exist costs one look a minute.
+pub fn defer_delay_ms(now_ms: u64, messages: &[RawMessage]) -> u64 {
+    let oldest = messages.iter().map(|m| m.enqueued_at_ms).min().unwrap_or(now_ms);
+    (now_ms.saturating_sub(oldest) / 10).clamp(DEFER_MIN_MS, DEFER_MAX_MS)
+}
+
+/// Items that can never start an instance and are only meaningful to an
+/// existing one.
+fn never_starts(item: &WorkItem) -> bool {
+    matches!(
+        item,
+        WorkItem::QueueMessage { .. }
+            | WorkItem::ActivityCompleted { .. }
+            | WorkItem::ActivityFailed { .. }
+            | WorkItem::TimerFired { .. }
+            | WorkItem::SubOrchCompleted { .. }
+            | WorkItem::SubOrchFailed { .. }
+    )
+}
+
 /// Decide what a claimed batch becomes.
 pub fn decide(batch: ClaimedInstance) -> FetchDecision {
     if batch.messages.is_empty() {
         return FetchDecision::Empty;
     }
-    let attempt_count = batch
-        .messages
-        .iter()
-        .map(|m| m.attempt_count)
-        .max()
-        .unwrap_or(0);
+    let attempt_count = batch.messages.iter().map(|m| m.attempt_count).max().unwrap_or(0);
     let (messages, corrupt_message) = decode_messages(&batch);
     let history = batch
         .history_execution_id
@@ -152,16 +183,16 @@ pub fn decide(batch: ClaimedInstance) -> FetchDecision {
             execution_id: batch.history_execution_id.unwrap_or(INITIAL_EXECUTION_ID),
         },
         (Err(reason), None) => {
-            if messages
-                .iter()
-                .all(|m| matches!(m, WorkItem::QueueMessage { .. }))
-            {
+            if batch.history_execution_id.is_none() && messages.iter().all(never_starts) {
                 return FetchDecision::DropOrphans {
                     instance: batch.instance,
                     count: messages.len(),
                 };
             }
-            return FetchDecision::Defer { reason };
+            return FetchDecision::Defer {
+                reason,
+                delay_ms: defer_delay_ms(batch.now_ms, &batch.messages),
+            };
         }
     };
     let (history, history_error) = match (corrupt, history) {
@@ -208,6 +239,7 @@ mod tests {
             id,
             payload: encode_work_item(item).unwrap(),
             attempt_count: attempts,
+            enqueued_at_ms: 1_000,
         }
     }
 
@@ -244,6 +276,7 @@ mod tests {
         ClaimedInstance {
             instance: "i".into(),
             lock_token: "t".into(),
+            now_ms: 1_000,
             messages,
             history_execution_id: row.as_ref().map(|r| r.current_execution_id),
             row,
@@ -263,11 +296,7 @@ mod tests {
     #[test]
     fn new_instance_is_delivered_with_max_attempt_count() {
         let d = decide(batch(vec![msg(1, &raised(), 3), msg(2, &start(), 1)], None));
-        let FetchDecision::Deliver {
-            item,
-            attempt_count,
-        } = d
-        else {
+        let FetchDecision::Deliver { item, attempt_count } = d else {
             panic!("{d:?}")
         };
         assert_eq!(attempt_count, 3);
@@ -279,20 +308,47 @@ mod tests {
         assert!(item.history_error.is_none());
     }
 
+    fn completed() -> WorkItem {
+        WorkItem::ActivityCompleted {
+            instance: "i".into(),
+            execution_id: 1,
+            id: 2,
+            result: "r".into(),
+        }
+    }
+
+    #[test]
+    fn completions_of_a_deleted_instance_are_dropped_but_not_if_history_exists() {
+        assert!(matches!(
+            decide(batch(vec![msg(1, &completed(), 1), msg(2, &queued(), 1)], None)),
+            FetchDecision::DropOrphans { count: 2, .. }
+        ));
+        let mut with_history = batch(vec![msg(1, &completed(), 1)], None);
+        with_history.history_execution_id = Some(1);
+        assert!(matches!(decide(with_history), FetchDecision::Defer { .. }));
+    }
+
+    #[test]
+    fn defer_delay_grows_with_age_within_bounds() {
+        let m = |at: u64| RawMessage {
+            id: 1,
+            payload: String::new(),
+            attempt_count: 1,
+            enqueued_at_ms: at,
+        };
+        assert_eq!(defer_delay_ms(10_000, &[m(9_000)]), DEFER_MIN_MS);
+        assert_eq!(defer_delay_ms(100_000, &[m(50_000), m(99_000)]), 5_000);
+        assert_eq!(defer_delay_ms(10_000_000, &[m(0)]), DEFER_MAX_MS);
+    }
+
     #[test]
     fn orphan_queue_messages_are_dropped_other_orphans_deferred() {
         assert!(matches!(
-            decide(batch(
-                vec![msg(1, &queued(), 1), msg(2, &queued(), 1)],
-                None
-            )),
+            decide(batch(vec![msg(1, &queued(), 1), msg(2, &queued(), 1)], None)),
             FetchDecision::DropOrphans { count: 2, .. }
         ));
         assert!(matches!(
-            decide(batch(
-                vec![msg(1, &queued(), 1), msg(2, &raised(), 1)],
-                None
-            )),
+            decide(batch(vec![msg(1, &queued(), 1), msg(2, &raised(), 1)], None)),
             FetchDecision::Defer { .. }
         ));
         assert!(matches!(decide(batch(vec![], None)), FetchDecision::Empty));
@@ -343,14 +399,12 @@ mod tests {
             id: 9,
             payload: "{".into(),
             attempt_count: 1,
+            enqueued_at_ms: 1_000,
         });
         let FetchDecision::Deliver { item, .. } = decide(b) else {
             panic!()
         };
         let err = item.history_error.unwrap();
-        assert!(
-            err.contains("orchestrator_queue") && err.contains("id 9"),
-            "{err}"
-        );
+        assert!(err.contains("orchestrator_queue") && err.contains("id 9"), "{err}");
     }
 }

@@ -135,9 +135,7 @@ pub fn identity(
                 execution_id: *execution_id,
             }),
             WorkItem::ContinueAsNew {
-                orchestration,
-                version,
-                ..
+                orchestration, version, ..
             } => Some(Identity {
                 name: orchestration.clone(),
                 version: version_or_unknown(version.as_deref()),
@@ -167,14 +165,8 @@ pub struct InstanceUpsert {
 
 /// What an ack's metadata says about the instance row: an upsert iff both
 /// name and version are present, nothing otherwise.
-pub fn creation_from_metadata(
-    metadata: &ExecutionMetadata,
-    execution_id: u64,
-) -> Option<InstanceUpsert> {
-    match (
-        &metadata.orchestration_name,
-        &metadata.orchestration_version,
-    ) {
+pub fn creation_from_metadata(metadata: &ExecutionMetadata, execution_id: u64) -> Option<InstanceUpsert> {
+    match (&metadata.orchestration_name, &metadata.orchestration_version) {
         (Some(name), Some(version)) => Some(InstanceUpsert {
             name: name.clone(),
             version: version.clone(),
@@ -305,9 +297,7 @@ mod tests {
     fn no_start_is_an_error_listing_the_batch() {
         let err = identity("i", None, None, &[other(0), other(2)]).unwrap_err();
         assert_eq!(err.kinds, vec!["ExternalRaised", "CancelInstance"]);
-        assert!(err
-            .to_string()
-            .contains("no StartOrchestration or ContinueAsNew"));
+        assert!(err.to_string().contains("no StartOrchestration or ContinueAsNew"));
     }
 
     #[test]

@@ -172,12 +172,9 @@ pub fn orchestrator_instance(item: &WorkItem) -> Result<&str, RouteError> {
         | WorkItem::QueueMessage { instance, .. }
         | WorkItem::CancelInstance { instance, .. }
         | WorkItem::ContinueAsNew { instance, .. } => Ok(instance),
-        WorkItem::SubOrchCompleted {
-            parent_instance, ..
+        WorkItem::SubOrchCompleted { parent_instance, .. } | WorkItem::SubOrchFailed { parent_instance, .. } => {
+            Ok(parent_instance)
         }
-        | WorkItem::SubOrchFailed {
-            parent_instance, ..
-        } => Ok(parent_instance),
         other => Err(RouteError::WrongQueue {
             variant: variant_name(other),
             queue: "orchestrator",
@@ -214,11 +211,7 @@ pub fn check_instance_id(id: &str) -> Result<(), RouteError> {
 ///
 /// # Errors
 /// [`RouteError::TooLarge`] naming `what`.
-pub fn check_payload(
-    what: impl FnOnce() -> String,
-    len_bytes: usize,
-    limits: Limits,
-) -> Result<(), RouteError> {
+pub fn check_payload(what: impl FnOnce() -> String, len_bytes: usize, limits: Limits) -> Result<(), RouteError> {
     if len_bytes > limits.max_payload_bytes {
         return Err(RouteError::TooLarge {
             what: what(),
@@ -231,11 +224,7 @@ pub fn check_payload(
 
 fn encode_checked(item: &WorkItem, limits: Limits) -> Result<String, RouteError> {
     let payload = encode_work_item(item).map_err(RouteError::Encode)?;
-    check_payload(
-        || format!("work item {}", variant_name(item)),
-        payload.len(),
-        limits,
-    )?;
+    check_payload(|| format!("work item {}", variant_name(item)), payload.len(), limits)?;
     Ok(payload)
 }
 
@@ -244,11 +233,7 @@ fn encode_checked(item: &WorkItem, limits: Limits) -> Result<String, RouteError>
 ///
 /// # Errors
 /// Any [`RouteError`].
-pub fn orchestrator_row(
-    item: &WorkItem,
-    delay: Option<Duration>,
-    limits: Limits,
-) -> Result<OrchRow, RouteError> {
+pub fn orchestrator_row(item: &WorkItem, delay: Option<Duration>, limits: Limits) -> Result<OrchRow, RouteError> {
     let instance = orchestrator_instance(item)?;
     check_instance_id(instance)?;
     let visibility = match delay {
@@ -360,13 +345,10 @@ mod tests {
             fire_at_ms: 1234,
         };
         assert_eq!(
-            turn_orchestrator_row(&t, Limits::default())
-                .unwrap()
-                .visibility,
+            turn_orchestrator_row(&t, Limits::default()).unwrap().visibility,
             Visibility::AtMs(1234)
         );
-        let direct =
-            orchestrator_row(&t, Some(Duration::from_millis(50)), Limits::default()).unwrap();
+        let direct = orchestrator_row(&t, Some(Duration::from_millis(50)), Limits::default()).unwrap();
         assert_eq!(direct.visibility, Visibility::DelayMs(50));
     }
 
@@ -391,20 +373,13 @@ mod tests {
         assert_eq!(row.session_id.as_deref(), Some("s"));
         assert!(matches!(
             worker_row(&completed("p"), Limits::default()),
-            Err(RouteError::WrongQueue {
-                queue: "worker",
-                ..
-            })
+            Err(RouteError::WrongQueue { queue: "worker", .. })
         ));
     }
 
     #[test]
     fn bad_instance_ids_are_refused_with_a_reason() {
-        for (id, needle) in [
-            ("", "empty"),
-            ("a\0b", "NUL"),
-            (&"x".repeat(4096)[..], "2048"),
-        ] {
+        for (id, needle) in [("", "empty"), ("a\0b", "NUL"), (&"x".repeat(4096)[..], "2048")] {
             let err = orchestrator_row(&completed(id), None, Limits::default())
                 .unwrap_err()
                 .to_string();
@@ -414,21 +389,14 @@ mod tests {
 
     #[test]
     fn oversized_payloads_are_refused() {
-        let limits = Limits {
-            max_payload_bytes: 100,
-        };
+        let limits = Limits { max_payload_bytes: 100 };
         let big = WorkItem::ExternalRaised {
             instance: "i".into(),
             name: "n".into(),
             data: "x".repeat(200),
         };
-        let err = orchestrator_row(&big, None, limits)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("ExternalRaised") && err.contains("limit is 100"),
-            "{err}"
-        );
+        let err = orchestrator_row(&big, None, limits).unwrap_err().to_string();
+        assert!(err.contains("ExternalRaised") && err.contains("limit is 100"), "{err}");
     }
 
     quickcheck! {

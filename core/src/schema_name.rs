@@ -84,8 +84,7 @@ impl SchemaName {
             });
         }
         for (at_byte, ch) in raw.char_indices() {
-            let allowed =
-                ch.is_ascii_lowercase() || ch == '_' || (at_byte > 0 && ch.is_ascii_digit());
+            let allowed = ch.is_ascii_lowercase() || ch == '_' || (at_byte > 0 && ch.is_ascii_digit());
             if !allowed {
                 return Err(SchemaNameError::BadCharacter {
                     name: raw.to_string(),
@@ -95,9 +94,7 @@ impl SchemaName {
             }
         }
         if raw.starts_with("pg_") || raw == "information_schema" {
-            return Err(SchemaNameError::Reserved {
-                name: raw.to_string(),
-            });
+            return Err(SchemaNameError::Reserved { name: raw.to_string() });
         }
         Ok(Self(raw.to_string()))
     }
@@ -153,10 +150,7 @@ mod tests {
             let err = SchemaName::parse(bad).expect_err(bad).to_string();
             assert!(err.contains(needle), "{bad:?}: {err}");
             if !bad.is_empty() {
-                assert!(
-                    err.contains(&format!("{bad:?}")),
-                    "error must name the input: {err}"
-                );
+                assert!(err.contains(&format!("{bad:?}")), "error must name the input: {err}");
             }
         }
     }
@@ -164,10 +158,7 @@ mod tests {
     #[test]
     fn rejects_64_bytes() {
         let err = SchemaName::parse(&"a".repeat(64)).unwrap_err();
-        assert!(matches!(
-            err,
-            SchemaNameError::TooLong { len_bytes: 64, .. }
-        ));
+        assert!(matches!(err, SchemaNameError::TooLong { len_bytes: 64, .. }));
     }
 
     #[test]

@@ -12,8 +12,7 @@
 use crate::codec::{encode_event, EncodeError, HistoryRow};
 use crate::instance::{creation_from_metadata, InstanceUpsert};
 use crate::route::{
-    check_payload, turn_orchestrator_row, worker_row, ActivityKey, Limits, OrchRow, RouteError,
-    WorkerRow,
+    check_payload, turn_orchestrator_row, worker_row, ActivityKey, Limits, OrchRow, RouteError, WorkerRow,
 };
 use duroxide::providers::{ExecutionMetadata, ScheduledActivityIdentifier, WorkItem};
 use duroxide::{Event, EventKind};
@@ -75,10 +74,7 @@ impl fmt::Display for LockRejection {
 ///
 /// # Errors
 /// A [`LockRejection`] saying which.
-pub fn check_lock<'a>(
-    token: &str,
-    read: Option<&'a LockRead>,
-) -> Result<&'a LockRead, LockRejection> {
+pub fn check_lock<'a>(token: &str, read: Option<&'a LockRead>) -> Result<&'a LockRead, LockRejection> {
     let Some(read) = read else {
         return Err(LockRejection::UnknownToken {
             token: token.to_string(),
@@ -233,12 +229,7 @@ const TERMINAL_STATUSES: [&str; 3] = ["Completed", "Failed", "ContinuedAsNew"];
 /// # Errors
 /// [`TurnError::Lock`] if the read shows the token unusable, and
 /// [`TurnError::Route`] / [`TurnError::Encode`] for bad items or events.
-pub fn plan_ack(
-    token: &str,
-    lock: Option<&LockRead>,
-    input: AckInput,
-    limits: Limits,
-) -> Result<TurnPlan, TurnError> {
+pub fn plan_ack(token: &str, lock: Option<&LockRead>, input: AckInput, limits: Limits) -> Result<TurnPlan, TurnError> {
     let lock = check_lock(token, lock).map_err(TurnError::Lock)?;
     let exec = input.execution_id;
     let mut ops = vec![TurnOp::ReleaseLock, TurnOp::DeleteLockedMessages];
@@ -253,12 +244,7 @@ pub fn plan_ack(
         });
     }
     ops.push(TurnOp::AdvanceCurrentExecution { execution_id: exec });
-    ops.extend(history_ops(
-        exec,
-        &input.history_delta,
-        lock.now_ms,
-        limits,
-    )?);
+    ops.extend(history_ops(exec, &input.history_delta, lock.now_ms, limits)?);
     if let Some(status) = &input.metadata.status {
         ops.push(TurnOp::SetExecutionStatus {
             execution_id: exec,
@@ -278,12 +264,7 @@ pub fn plan_ack(
 }
 
 /// History append, custom status and KV writes derived from the delta.
-fn history_ops(
-    exec: u64,
-    delta: &[Event],
-    now_ms: u64,
-    limits: Limits,
-) -> Result<Vec<TurnOp>, TurnError> {
+fn history_ops(exec: u64, delta: &[Event], now_ms: u64, limits: Limits) -> Result<Vec<TurnOp>, TurnError> {
     let mut ops = Vec::new();
     if delta.is_empty() {
         return Ok(ops);
@@ -432,10 +413,7 @@ mod tests {
         let plan = plan_ack("t", Some(&lock()), input(), Limits::default()).unwrap();
         assert_eq!(plan.ops[0], TurnOp::ReleaseLock);
         assert_eq!(plan.ops[1], TurnOp::DeleteLockedMessages);
-        assert!(!plan
-            .ops
-            .iter()
-            .any(|o| matches!(o, TurnOp::UpsertInstance(_))));
+        assert!(!plan.ops.iter().any(|o| matches!(o, TurnOp::UpsertInstance(_))));
     }
 
     #[test]
@@ -452,13 +430,11 @@ mod tests {
             execution_id: 1,
         }];
         let plan = plan_ack("t", Some(&lock()), inp, Limits::default()).unwrap();
-        assert!(!plan
+        assert!(!plan.ops.iter().any(|o| matches!(o, TurnOp::UpsertInstance(_))));
+        assert!(plan
             .ops
             .iter()
-            .any(|o| matches!(o, TurnOp::UpsertInstance(_))));
-        assert!(plan.ops.iter().any(
-            |o| matches!(o, TurnOp::EnqueueOrchestrator(rows) if rows[0].instance == "child")
-        ));
+            .any(|o| matches!(o, TurnOp::EnqueueOrchestrator(rows) if rows[0].instance == "child")));
     }
 
     #[test]
@@ -475,9 +451,7 @@ mod tests {
             .ops
             .iter()
             .filter_map(|o| match o {
-                TurnOp::EnqueueWorker(rows) => {
-                    Some(rows.iter().map(|r| r.key.activity_id).collect::<Vec<_>>())
-                }
+                TurnOp::EnqueueWorker(rows) => Some(rows.iter().map(|r| r.key.activity_id).collect::<Vec<_>>()),
                 _ => None,
             })
             .flatten()

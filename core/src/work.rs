@@ -59,11 +59,9 @@ impl TagPredicate {
     pub fn admits(&self, tag: Option<&str>) -> bool {
         match self {
             TagPredicate::Nothing => false,
-            TagPredicate::Rows {
-                untagged,
-                tags,
-                any,
-            } => *any || tag.map_or(*untagged, |t| tags.iter().any(|x| x == t)),
+            TagPredicate::Rows { untagged, tags, any } => {
+                *any || tag.map_or(*untagged, |t| tags.iter().any(|x| x == t))
+            }
         }
     }
 }
@@ -122,13 +120,8 @@ impl VersionWindow {
 /// # Errors
 /// A [`RouteError`] when the completion is not an orchestrator-queue item or
 /// breaks the limits.
-pub fn completion_row(
-    completion: Option<&WorkItem>,
-    limits: Limits,
-) -> Result<Option<OrchRow>, RouteError> {
-    completion
-        .map(|item| orchestrator_row(item, None, limits))
-        .transpose()
+pub fn completion_row(completion: Option<&WorkItem>, limits: Limits) -> Result<Option<OrchRow>, RouteError> {
+    completion.map(|item| orchestrator_row(item, None, limits)).transpose()
 }
 
 #[cfg(test)]

@@ -189,9 +189,7 @@ impl PgProviderBuilder {
             .parse()
             .map_err(|e: tokio_postgres::Error| PgError::InvalidUrl(e.to_string()))?;
         if self.pool_size == 0 {
-            return Err(PgError::InvalidSetting(
-                "pool_size must be at least 1".into(),
-            ));
+            return Err(PgError::InvalidSetting("pool_size must be at least 1".into()));
         }
         if self.connect_timeout.is_zero() || self.pool_wait.is_zero() {
             return Err(PgError::InvalidSetting(
@@ -199,9 +197,7 @@ impl PgProviderBuilder {
             ));
         }
         if self.engine.limits.max_payload_bytes == 0 {
-            return Err(PgError::InvalidSetting(
-                "max_payload_bytes must be above zero".into(),
-            ));
+            return Err(PgError::InvalidSetting("max_payload_bytes must be above zero".into()));
         }
         Ok((schema, config))
     }
@@ -225,9 +221,7 @@ impl PgProviderBuilder {
             target: manager.target(),
             detail: e.to_string(),
         })?;
-        migrate(&first, &schema, self.migrate)
-            .await
-            .map_err(PgError::Migrate)?;
+        migrate(&first, &schema, self.migrate).await.map_err(PgError::Migrate)?;
         let pool = bb8::Pool::builder()
             .max_size(self.pool_size)
             .min_idle(None)

@@ -24,7 +24,7 @@
 use async_trait::async_trait;
 use duropg_core::codec::{HistoryRow, StoredEvent};
 use duropg_core::fetch::ClaimedInstance;
-use duropg_core::route::{OrchRow, WorkerRow};
+use duropg_core::route::{ActivityKey, OrchRow, WorkerRow};
 use duropg_core::turn::{LockRead, TurnPlan};
 use duropg_core::work::{TagPredicate, VersionWindow};
 use duropg_core::StoreFault;
@@ -84,6 +84,11 @@ pub struct WorkClaim {
 pub struct ClaimedWork {
     /// Queue row id.
     pub id: i64,
+    /// Which activity (from the row's identity columns, readable even when
+    /// the payload is corrupted).
+    pub key: ActivityKey,
+    /// Its session, if any.
+    pub session_id: Option<String>,
     /// The work item's JSON.
     pub payload: String,
     /// Attempt count after the claim's increment.
@@ -182,14 +187,10 @@ pub trait Store: Send + Sync + 'static {
     /// holds and that the window admits; take its lock (lease from now);
     /// tag all its visible messages with the token and increment their
     /// attempt counts; read its row, current history and KV store.
-    async fn claim_instance(
-        &self,
-        claim: &InstanceClaim,
-    ) -> Result<Option<ClaimedInstance>, StoreFault>;
+    async fn claim_instance(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault>;
 
     /// Give back a claimed instance without a turn (see [`ReleaseKind`]).
-    async fn release_instance(&self, lock_token: &str, kind: ReleaseKind)
-        -> Result<(), StoreFault>;
+    async fn release_instance(&self, lock_token: &str, kind: ReleaseKind) -> Result<(), StoreFault>;
 
     /// Read what a lock token locks, with the store's clock.
     async fn read_instance_lock(&self, lock_token: &str) -> Result<Option<LockRead>, StoreFault>;
@@ -210,11 +211,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Extend an unexpired instance lock to at least now + `extend_ms`. Never
     /// shortens a lease, never revives an expired one.
-    async fn renew_instance_lock(
-        &self,
-        lock_token: &str,
-        extend_ms: u64,
-    ) -> Result<Guarded, StoreFault>;
+    async fn renew_instance_lock(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault>;
 
     /// History of one execution (the latest when `None`), with the execution id read.
     async fn read_history(
@@ -224,12 +221,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(u64, Vec<StoredEvent>), StoreFault>;
 
     /// Append events without a lock (test setup and tooling).
-    async fn append_history(
-        &self,
-        instance: &str,
-        execution_id: u64,
-        rows: &[HistoryRow],
-    ) -> Result<(), StoreFault>;
+    async fn append_history(&self, instance: &str, execution_id: u64, rows: &[HistoryRow]) -> Result<(), StoreFault>;
 
     /// Insert one worker-queue message.
     async fn enqueue_worker(&self, row: &WorkerRow) -> Result<(), StoreFault>;
@@ -239,11 +231,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Delete the activity this token holds unexpired and enqueue its
     /// completion, in one transaction.
-    async fn complete_work_item(
-        &self,
-        lock_token: &str,
-        completion: Option<&OrchRow>,
-    ) -> Result<Guarded, StoreFault>;
+    async fn complete_work_item(&self, lock_token: &str, completion: Option<&OrchRow>) -> Result<Guarded, StoreFault>;
 
     /// Unlock an activity, optionally hiding it and giving back the attempt.
     async fn abandon_work_item(
@@ -254,11 +242,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Guarded, StoreFault>;
 
     /// Extend an unexpired activity lock (never shortening it).
-    async fn renew_work_item(
-        &self,
-        lock_token: &str,
-        extend_ms: u64,
-    ) -> Result<Guarded, StoreFault>;
+    async fn renew_work_item(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault>;
 
     /// Extend the unexpired, non-idle sessions of these owners; returns how many.
     async fn renew_sessions(

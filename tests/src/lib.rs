@@ -16,8 +16,7 @@ use std::time::Duration;
 
 /// The database the tests use: `DATABASE_URL`, or the local server.
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
 /// Log to stderr when `RUST_LOG` is set.
@@ -104,9 +103,7 @@ impl TestSchema {
 
     /// A builder for a provider on this schema with a small pool.
     pub fn builder(&self) -> PgProviderBuilder {
-        PgProvider::builder(&database_url())
-            .schema(&self.name)
-            .pool_size(3)
+        PgProvider::builder(&database_url()).schema(&self.name).pool_size(3)
     }
 
     /// A provider on this schema with test defaults.
@@ -124,16 +121,11 @@ impl Drop for TestSchema {
         // Drop from a thread of its own: this may run inside (or after) an
         // async test's runtime, or while unwinding.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async move {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await
-                {
+                if let Ok((client, conn)) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await {
                     tokio::spawn(conn);
                     let _ = client
                         .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
@@ -172,23 +164,13 @@ impl PgFactory {
 
     /// A concrete provider.
     pub async fn pg_provider(&self) -> PgProvider {
-        match self
-            .schema
-            .builder()
-            .long_poll(self.long_poll)
-            .build()
-            .await
-        {
+        match self.schema.builder().long_poll(self.long_poll).build().await {
             Ok(p) => p,
             Err(e) => panic!("{}", no_postgres(&e.to_string())),
         }
     }
 
-    async fn exec(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Vec<tokio_postgres::Row> {
+    async fn exec(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Vec<tokio_postgres::Row> {
         let client = admin().await;
         match client.query(sql, params).await {
             Ok(rows) => rows,
@@ -254,12 +236,7 @@ impl RuntimeHarness {
         init_tracing();
         let schema = TestSchema::new(label);
         let provider = Arc::new(schema.provider().await);
-        let runtime = duroxide::runtime::Runtime::start_with_store(
-            provider.clone(),
-            activities,
-            orchestrations,
-        )
-        .await;
+        let runtime = duroxide::runtime::Runtime::start_with_store(provider.clone(), activities, orchestrations).await;
         let client = duroxide::Client::new(provider.clone());
         Self {
             schema,

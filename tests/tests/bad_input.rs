@@ -24,10 +24,7 @@ fn too_long() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_schema_names_are_refused_before_any_sql() {
     let long = too_long();
-    let names = BAD_SCHEMAS
-        .iter()
-        .copied()
-        .chain(std::iter::once(long.as_str()));
+    let names = BAD_SCHEMAS.iter().copied().chain(std::iter::once(long.as_str()));
     for bad in names {
         // Pointed at a port where nothing listens: an InvalidSchema error (not
         // a connect error) proves no connection was even attempted.
@@ -40,10 +37,7 @@ async fn invalid_schema_names_are_refused_before_any_sql() {
         let text = err.to_string();
         assert!(text.starts_with("invalid schema name"), "{text}");
         if !bad.is_empty() {
-            assert!(
-                text.contains(&format!("{bad:?}")),
-                "error must name the input: {text}"
-            );
+            assert!(text.contains(&format!("{bad:?}")), "error must name the input: {text}");
         }
         // And against the real server nothing is created.
         let err = PgProvider::builder(&database_url())
@@ -61,11 +55,7 @@ async fn invalid_schema_names_are_refused_before_any_sql() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        rows[0].get::<_, i64>(0),
-        0,
-        "no schema may have been created"
-    );
+    assert_eq!(rows[0].get::<_, i64>(0), 0, "no schema may have been created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,28 +90,16 @@ async fn unreachable_host_fails_within_the_connect_timeout() {
     let elapsed = started.elapsed();
     let text = err.to_string();
     assert!(text.contains("10.255.255.1:5432"), "{text}");
-    assert!(
-        elapsed < timeout + Duration::from_secs(1),
-        "took {elapsed:?}: {text}"
-    );
+    assert!(elapsed < timeout + Duration::from_secs(1), "took {elapsed:?}: {text}");
     eprintln!("unreachable host after {elapsed:?}: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_database_is_named() {
-    let url = format!(
-        "{}_does_not_exist_duropg",
-        database_url().trim_end_matches('/')
-    );
-    let err = PgProvider::builder(&url)
-        .build()
-        .await
-        .expect_err("no such database");
+    let url = format!("{}_does_not_exist_duropg", database_url().trim_end_matches('/'));
+    let err = PgProvider::builder(&url).build().await.expect_err("no such database");
     let text = err.to_string();
-    assert!(
-        text.contains("does not exist") && text.contains("3D000"),
-        "{text}"
-    );
+    assert!(text.contains("does not exist") && text.contains("3D000"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,10 +109,7 @@ async fn invalid_url_does_not_echo_the_connection_string() {
         .await
         .expect_err("bad url");
     let text = err.to_string();
-    assert!(
-        text.starts_with("invalid PostgreSQL connection string"),
-        "{text}"
-    );
+    assert!(text.starts_with("invalid PostgreSQL connection string"), "{text}");
     assert!(!text.contains("s3cret"), "{text}");
 }
 
@@ -200,10 +175,7 @@ async fn invalid_lock_token_is_permanent_and_changes_nothing() {
         .unwrap_err();
     assert!(!err.is_retryable(), "{err:?}");
     for e in [
-        provider
-            .ack_work_item("no-such-token", None)
-            .await
-            .unwrap_err(),
+        provider.ack_work_item("no-such-token", None).await.unwrap_err(),
         provider
             .abandon_work_item("no-such-token", None, false)
             .await
@@ -215,27 +187,14 @@ async fn invalid_lock_token_is_permanent_and_changes_nothing() {
     ] {
         assert!(!e.is_retryable(), "{e:?}");
     }
-    assert_eq!(
-        queue_state(factory.schema()).await,
-        before,
-        "nothing may change"
-    );
-    assert_eq!(
-        before,
-        (1, 1, 0),
-        "one message, one live lock, no instance row"
-    );
+    assert_eq!(queue_state(factory.schema()).await, before, "nothing may change");
+    assert_eq!(before, (1, 1, 0), "one message, one live lock, no instance row");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_items_are_refused_before_sql() {
     let schema = TestSchema::new("oversized");
-    let provider = schema
-        .builder()
-        .max_payload_bytes(1024)
-        .build()
-        .await
-        .unwrap();
+    let provider = schema.builder().max_payload_bytes(1024).build().await.unwrap();
     let big = WorkItem::ExternalRaised {
         instance: "i".into(),
         name: "n".into(),
@@ -244,10 +203,7 @@ async fn oversized_and_malformed_items_are_refused_before_sql() {
     let err = duroxide::providers::Provider::enqueue_for_orchestrator(&provider, big, None)
         .await
         .unwrap_err();
-    assert!(
-        !err.is_retryable() && err.message.contains("limit is 1024"),
-        "{err:?}"
-    );
+    assert!(!err.is_retryable() && err.message.contains("limit is 1024"), "{err:?}");
     let nul = WorkItem::CancelInstance {
         instance: "a\0b".into(),
         reason: "r".into(),
@@ -265,13 +221,9 @@ async fn oversized_and_malformed_items_are_refused_before_sql() {
         session_id: None,
         tag: None,
     };
-    let err = duroxide::providers::Provider::enqueue_for_orchestrator(
-        &provider,
-        activity_to_orchestrator,
-        None,
-    )
-    .await
-    .unwrap_err();
+    let err = duroxide::providers::Provider::enqueue_for_orchestrator(&provider, activity_to_orchestrator, None)
+        .await
+        .unwrap_err();
     assert!(
         err.message
             .contains("ActivityExecute does not belong on the orchestrator queue"),

@@ -27,12 +27,9 @@ fn activities() -> ActivityRegistry {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_activity() {
     let orchestrations = OrchestrationRegistry::builder()
-        .register(
-            "Hello",
-            |ctx: OrchestrationContext, name: String| async move {
-                ctx.schedule_activity("Greet", name).await
-            },
-        )
+        .register("Hello", |ctx: OrchestrationContext, name: String| async move {
+            ctx.schedule_activity("Greet", name).await
+        })
         .build();
     let h = RuntimeHarness::start("e2e_one", activities(), orchestrations).await;
     let status = h.run("hello-1", "Hello", "duropg", WAIT).await;
@@ -43,19 +40,16 @@ async fn one_activity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_fan_in_of_20_activities() {
     let orchestrations = OrchestrationRegistry::builder()
-        .register(
-            "SumSquares",
-            |ctx: OrchestrationContext, _in: String| async move {
-                let futures: Vec<_> = (1..=20u64)
-                    .map(|n| ctx.schedule_activity("Square", n.to_string()))
-                    .collect();
-                let mut sum = 0u64;
-                for r in ctx.join(futures).await {
-                    sum += r?.parse::<u64>().map_err(|e| e.to_string())?;
-                }
-                Ok(sum.to_string())
-            },
-        )
+        .register("SumSquares", |ctx: OrchestrationContext, _in: String| async move {
+            let futures: Vec<_> = (1..=20u64)
+                .map(|n| ctx.schedule_activity("Square", n.to_string()))
+                .collect();
+            let mut sum = 0u64;
+            for r in ctx.join(futures).await {
+                sum += r?.parse::<u64>().map_err(|e| e.to_string())?;
+            }
+            Ok(sum.to_string())
+        })
         .build();
     let h = RuntimeHarness::start("e2e_fan", activities(), orchestrations).await;
     let status = h.run("fan-1", "SumSquares", "", WAIT).await;
@@ -66,23 +60,17 @@ async fn fan_out_fan_in_of_20_activities() {
         .iter()
         .filter(|e| matches!(e.kind, duroxide::EventKind::ActivityCompleted { .. }))
         .count();
-    assert_eq!(
-        completions, 20,
-        "each activity completion recorded exactly once"
-    );
+    assert_eq!(completions, 20, "each activity completion recorded exactly once");
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_timer() {
     let orchestrations = OrchestrationRegistry::builder()
-        .register(
-            "Sleepy",
-            |ctx: OrchestrationContext, _in: String| async move {
-                ctx.schedule_timer(Duration::from_millis(1500)).await;
-                Ok("woke".to_string())
-            },
-        )
+        .register("Sleepy", |ctx: OrchestrationContext, _in: String| async move {
+            ctx.schedule_timer(Duration::from_millis(1500)).await;
+            Ok("woke".to_string())
+        })
         .build();
     let h = RuntimeHarness::start("e2e_timer", activities(), orchestrations).await;
     let started = Instant::now();
@@ -99,16 +87,13 @@ async fn durable_timer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continue_as_new_over_three_generations() {
     let orchestrations = OrchestrationRegistry::builder()
-        .register(
-            "Generations",
-            |ctx: OrchestrationContext, n: String| async move {
-                let n: u32 = n.parse().map_err(|e| format!("{e}"))?;
-                if n < 3 {
-                    return ctx.continue_as_new((n + 1).to_string()).await;
-                }
-                Ok(format!("generation {n}"))
-            },
-        )
+        .register("Generations", |ctx: OrchestrationContext, n: String| async move {
+            let n: u32 = n.parse().map_err(|e| format!("{e}"))?;
+            if n < 3 {
+                return ctx.continue_as_new((n + 1).to_string()).await;
+            }
+            Ok(format!("generation {n}"))
+        })
         .build();
     let h = RuntimeHarness::start("e2e_can", activities(), orchestrations).await;
     let status = h.run("can-1", "Generations", "1", WAIT).await;
@@ -128,19 +113,13 @@ async fn continue_as_new_over_three_generations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_orchestration() {
     let orchestrations = OrchestrationRegistry::builder()
-        .register(
-            "Parent",
-            |ctx: OrchestrationContext, name: String| async move {
-                let child = ctx.schedule_sub_orchestration("Child", name).await?;
-                Ok(format!("parent got: {child}"))
-            },
-        )
-        .register(
-            "Child",
-            |ctx: OrchestrationContext, name: String| async move {
-                ctx.schedule_activity("Greet", name).await
-            },
-        )
+        .register("Parent", |ctx: OrchestrationContext, name: String| async move {
+            let child = ctx.schedule_sub_orchestration("Child", name).await?;
+            Ok(format!("parent got: {child}"))
+        })
+        .register("Child", |ctx: OrchestrationContext, name: String| async move {
+            ctx.schedule_activity("Greet", name).await
+        })
         .build();
     let h = RuntimeHarness::start("e2e_sub", activities(), orchestrations).await;
     let status = h.run("parent-1", "Parent", "child", WAIT).await;
@@ -151,21 +130,16 @@ async fn sub_orchestration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activity_failure_fails_the_orchestration() {
     let orchestrations = OrchestrationRegistry::builder()
-        .register(
-            "Doomed",
-            |ctx: OrchestrationContext, why: String| async move {
-                ctx.schedule_activity("Fail", why).await
-            },
-        )
+        .register("Doomed", |ctx: OrchestrationContext, why: String| async move {
+            ctx.schedule_activity("Fail", why).await
+        })
         .build();
     let h = RuntimeHarness::start("e2e_fail", activities(), orchestrations).await;
     let status = h.run("doomed-1", "Doomed", "disk on fire", WAIT).await;
     match status {
         OrchestrationStatus::Failed { details, .. } => {
             assert!(
-                details
-                    .display_message()
-                    .contains("activity failed: disk on fire"),
+                details.display_message().contains("activity failed: disk on fire"),
                 "{details:?}"
             );
         }

@@ -42,10 +42,7 @@ async fn a_real_deadlock_is_retryable() {
         format!("UPDATE {table} SET v = 2 WHERE id = 1"),
     );
     let (ra, rb) = tokio::join!(a.execute(&qa, &[]), b.execute(&qb, &[]));
-    let err = ra
-        .err()
-        .or(rb.err())
-        .expect("one side must be the deadlock victim");
+    let err = ra.err().or(rb.err()).expect("one side must be the deadlock victim");
     let f = fault(&err);
     assert!(
         matches!(&f, duropg::core::StoreFault::Sql { code, .. } if code == "40P01"),
@@ -64,12 +61,8 @@ async fn a_real_serialization_failure_is_retryable() {
     let table = scratch_table(&schema).await;
     let (a, b) = (admin().await, admin().await);
     for c in [&a, &b] {
-        c.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
-            .await
-            .unwrap();
-        c.query(&format!("SELECT sum(v) FROM {table}"), &[])
-            .await
-            .unwrap();
+        c.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE").await.unwrap();
+        c.query(&format!("SELECT sum(v) FROM {table}"), &[]).await.unwrap();
     }
     // Write skew: each updates a row the other read.
     a.execute(&format!("UPDATE {table} SET v = v + 1 WHERE id = 1"), &[])
@@ -80,10 +73,7 @@ async fn a_real_serialization_failure_is_retryable() {
         .unwrap();
     let ca = a.batch_execute("COMMIT").await;
     let cb = b.batch_execute("COMMIT").await;
-    let err = ca
-        .err()
-        .or(cb.err())
-        .expect("one commit must fail to serialize");
+    let err = ca.err().or(cb.err()).expect("one commit must fail to serialize");
     let f = fault(&err);
     assert!(
         matches!(&f, duropg::core::StoreFault::Sql { code, .. } if code == "40001"),
@@ -116,10 +106,7 @@ async fn a_unique_violation_is_permanent() {
         .append_with_execution("dup", 1, vec![event.clone()])
         .await
         .unwrap();
-    let err = provider
-        .append_with_execution("dup", 1, vec![event])
-        .await
-        .unwrap_err();
+    let err = provider.append_with_execution("dup", 1, vec![event]).await.unwrap_err();
     assert!(!err.is_retryable(), "{err:?}");
     assert!(
         err.message.contains("23505") && err.message.contains("unique_violation"),

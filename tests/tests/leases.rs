@@ -59,14 +59,7 @@ async fn renewing_with_a_shorter_extension_never_shortens_a_work_lease() {
     })
     .await
     .unwrap();
-    let fetch = || {
-        p.fetch_work_item(
-            Duration::from_secs(30),
-            Duration::ZERO,
-            None,
-            &TagFilter::DefaultOnly,
-        )
-    };
+    let fetch = || p.fetch_work_item(Duration::from_secs(30), Duration::ZERO, None, &TagFilter::DefaultOnly);
     let (_, token, attempts) = fetch().await.unwrap().unwrap();
     assert_eq!(attempts, 1);
     p.renew_work_item_lock(&token, Duration::from_millis(200))

@@ -34,11 +34,7 @@ async fn concurrent_first_start_migrates_exactly_once() {
         assert!(r.is_ok(), "{:?}", r.as_ref().err().map(ToString::to_string));
     }
     let rows = ledger(&schema).await;
-    assert_eq!(
-        rows.len(),
-        MIGRATIONS.len(),
-        "each migration recorded once: {rows:?}"
-    );
+    assert_eq!(rows.len(), MIGRATIONS.len(), "each migration recorded once: {rows:?}");
     eprintln!("8 concurrent providers on an empty schema ready in {elapsed:?}");
 }
 
@@ -65,7 +61,10 @@ async fn a_schema_from_a_newer_duropg_is_refused() {
     admin()
         .await
         .execute(
-            &format!("INSERT INTO \"{}\"._duropg_migrations (version, name, checksum) VALUES ($1, 'future', 'x')", schema.name()),
+            &format!(
+                "INSERT INTO \"{}\"._duropg_migrations (version, name, checksum) VALUES ($1, 'future', 'x')",
+                schema.name()
+            ),
             &[&newer],
         )
         .await
@@ -73,10 +72,7 @@ async fn a_schema_from_a_newer_duropg_is_refused() {
     let err = schema.builder().build().await.expect_err("newer schema");
     let text = err.to_string();
     assert!(matches!(err, PgError::Migrate(_)), "{text}");
-    assert!(
-        text.contains(schema.name()) && text.contains("newer duropg"),
-        "{text}"
-    );
+    assert!(text.contains(schema.name()) && text.contains("newer duropg"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,12 +90,7 @@ async fn a_changed_migration_is_refused() {
         )
         .await
         .unwrap();
-    let text = schema
-        .builder()
-        .build()
-        .await
-        .expect_err("tampered")
-        .to_string();
+    let text = schema.builder().build().await.expect_err("tampered").to_string();
     assert!(
         text.contains("checksum mismatch") && text.contains("migration 1"),
         "{text}"
@@ -116,20 +107,11 @@ async fn without_migrations_a_missing_schema_is_an_error_naming_it() {
         .await
         .expect_err("behind")
         .to_string();
-    assert!(
-        text.contains(schema.name()) && text.contains("version 0"),
-        "{text}"
-    );
+    assert!(text.contains(schema.name()) && text.contains("version 0"), "{text}");
     let exists = admin()
         .await
-        .query(
-            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
-            &[&schema.name()],
-        )
+        .query("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema.name()])
         .await
         .unwrap();
-    assert!(
-        exists.is_empty(),
-        "migrate(false) must not create the schema"
-    );
+    assert!(exists.is_empty(), "migrate(false) must not create the schema");
 }

@@ -105,10 +105,7 @@ mod long_polling {
     use duroxide::provider_validations::long_polling as lp;
     use duroxide::provider_validations::ProviderFactory;
 
-    async fn provider(
-        long_poll: bool,
-        label: &str,
-    ) -> (PgFactory, std::sync::Arc<dyn duroxide::providers::Provider>) {
+    async fn provider(long_poll: bool, label: &str) -> (PgFactory, std::sync::Arc<dyn duroxide::providers::Provider>) {
         let factory = PgFactory::new(label, long_poll);
         let provider = factory.create_provider().await;
         (factory, provider)
@@ -188,13 +185,7 @@ fn wired() -> BTreeMap<&'static str, &'static [&'static str]> {
 fn duroxide_source_dir() -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--manifest-path",
-        ])
+        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
         .output()
         .expect("cargo metadata runs");
@@ -203,8 +194,7 @@ fn duroxide_source_dir() -> std::path::PathBuf {
         "cargo metadata failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
     let manifest = meta["packages"]
         .as_array()
         .expect("packages")
@@ -235,12 +225,7 @@ fn wiring_matches_duroxide_source() {
     let mut modules: Vec<String> = std::fs::read_dir(&dir)
         .expect("list provider_validation")
         .filter_map(|e| e.ok())
-        .map(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .trim_end_matches(".rs")
-                .to_string()
-        })
+        .map(|e| e.file_name().to_string_lossy().trim_end_matches(".rs").to_string())
         .filter(|m| m != "mod")
         .collect();
     modules.sort();
@@ -270,9 +255,7 @@ fn wiring_matches_duroxide_source() {
     }
     for module in wired.keys() {
         if !modules.iter().any(|m| m == module) {
-            problems.push(format!(
-                "module {module} is wired but duroxide has no such module"
-            ));
+            problems.push(format!("module {module} is wired but duroxide has no such module"));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));

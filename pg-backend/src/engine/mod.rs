@@ -87,9 +87,6 @@ pub struct EngineConfig {
     pub retry: RetryPolicy,
     /// Idle-fetch behaviour.
     pub poll: PollConfig,
-    /// How long a batch for an instance that does not exist yet (and holds no
-    /// start message) is hidden before it is looked at again.
-    pub defer_delay_ms: u64,
     /// How many batches one fetch may set aside (orphans dropped, deferred)
     /// before it reports no work.
     pub max_claims_per_fetch: u32,
@@ -101,7 +98,6 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             retry: RetryPolicy::default(),
             poll: PollConfig::default(),
-            defer_delay_ms: 1_000,
             max_claims_per_fetch: 8,
         }
     }
@@ -195,11 +191,7 @@ impl<S: Store> Engine<S> {
             };
             match self.commit_status(operation, xid).await {
                 CommitStatus::Committed => {
-                    tracing::info!(
-                        operation,
-                        xid,
-                        "commit reply was lost; the transaction committed"
-                    );
+                    tracing::info!(operation, xid, "commit reply was lost; the transaction committed");
                     return Ok(Guarded::Applied);
                 }
                 CommitStatus::Aborted if reruns < self.config.retry.max_attempts => {
@@ -232,10 +224,7 @@ impl<S: Store> Engine<S> {
             if status != CommitStatus::InProgress || waited_ms >= self.config.retry.budget_ms {
                 return status;
             }
-            tokio::time::sleep(Duration::from_millis(
-                self.config.retry.first_backoff_ms.max(1),
-            ))
-            .await;
+            tokio::time::sleep(Duration::from_millis(self.config.retry.first_backoff_ms.max(1))).await;
         }
     }
 
@@ -293,9 +282,10 @@ impl<S: Store> Engine<S> {
             if now >= deadline {
                 return Ok(None);
             }
-            let wait =
-                (deadline - now).min(Duration::from_millis(poll.fallback_interval_ms.max(1)));
+            let wait = (deadline - now).min(Duration::from_millis(poll.fallback_interval_ms.max(1)));
+            // `biased`: no random branch choice, so runs are reproducible.
             tokio::select! {
+                biased;
                 _ = signal.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
             }

@@ -9,8 +9,8 @@ use duropg_core::route::{check_payload, duration_ms, orchestrator_row};
 use duropg_core::turn::{plan_ack, AckInput, TurnOp, TurnPlan};
 use duropg_core::work::{version_window, VersionWindow};
 use duroxide::providers::{
-    DispatcherCapabilityFilter, ExecutionMetadata, OrchestrationItem, ProviderError,
-    ScheduledActivityIdentifier, WorkItem,
+    DispatcherCapabilityFilter, ExecutionMetadata, OrchestrationItem, ProviderError, ScheduledActivityIdentifier,
+    WorkItem,
 };
 use duroxide::Event;
 use std::time::Duration;
@@ -26,8 +26,7 @@ impl<S: Store> Engine<S> {
     ) -> Result<(), ProviderError> {
         const OP: &str = "enqueue_for_orchestrator";
         let row = orchestrator_row(&item, delay, self.config.limits).map_err(|e| refuse(OP, e))?;
-        self.call(OP, || self.store.enqueue_orchestrator(&row))
-            .await?;
+        self.call(OP, || self.store.enqueue_orchestrator(&row)).await?;
         self.store.signals().bump_orchestrator();
         Ok(())
     }
@@ -68,28 +67,21 @@ impl<S: Store> Engine<S> {
                 return Ok(None);
             };
             let release = match decide(batch) {
-                FetchDecision::Deliver {
-                    item,
-                    attempt_count,
-                } => {
+                FetchDecision::Deliver { item, attempt_count } => {
                     return Ok(Some((*item, claim.lock_token, attempt_count)));
                 }
                 FetchDecision::DropOrphans { instance, count } => {
                     tracing::warn!(%instance, count, "dropping QueueMessage items for an instance that does not exist");
                     ReleaseKind::DropMessages
                 }
-                FetchDecision::Defer { reason } => {
-                    tracing::debug!(%reason, delay_ms = self.config.defer_delay_ms, "deferring batch without identity");
-                    ReleaseKind::Defer {
-                        delay_ms: self.config.defer_delay_ms,
-                    }
+                FetchDecision::Defer { reason, delay_ms } => {
+                    tracing::debug!(%reason, delay_ms, "deferring batch without identity");
+                    ReleaseKind::Defer { delay_ms }
                 }
                 FetchDecision::Empty => ReleaseKind::Unlock,
             };
-            self.call(OP, || {
-                self.store.release_instance(&claim.lock_token, release)
-            })
-            .await?;
+            self.call(OP, || self.store.release_instance(&claim.lock_token, release))
+                .await?;
         }
         Ok(None)
     }
@@ -117,11 +109,8 @@ impl<S: Store> Engine<S> {
             metadata,
             cancelled_activities,
         };
-        let lock = self
-            .call(OP, || self.store.read_instance_lock(lock_token))
-            .await?;
-        let plan = plan_ack(lock_token, lock.as_ref(), input, self.config.limits)
-            .map_err(|e| refuse(OP, e))?;
+        let lock = self.call(OP, || self.store.read_instance_lock(lock_token)).await?;
+        let plan = plan_ack(lock_token, lock.as_ref(), input, self.config.limits).map_err(|e| refuse(OP, e))?;
         match self.write(OP, lock_token, || self.store.apply_turn(&plan)).await? {
             Guarded::Applied => {
                 self.signal_turn(&plan);
@@ -157,8 +146,7 @@ impl<S: Store> Engine<S> {
         let delay_ms = delay.map(duration_ms).filter(|ms| *ms > 0);
         let outcome = self
             .write(OP, lock_token, || {
-                self.store
-                    .abandon_instance(lock_token, delay_ms, ignore_attempt)
+                self.store.abandon_instance(lock_token, delay_ms, ignore_attempt)
             })
             .await?;
         match outcome {
@@ -226,9 +214,7 @@ impl<S: Store> Engine<S> {
         if rows.is_empty() {
             return Ok(());
         }
-        self.call(OP, || {
-            self.store.append_history(instance, execution_id, &rows)
-        })
-        .await
+        self.call(OP, || self.store.append_history(instance, execution_id, &rows))
+            .await
     }
 }

@@ -60,17 +60,12 @@ impl<S: Store> Engine<S> {
         Ok(Some((item, claim.lock_token, work.attempt_count)))
     }
 
-    pub(crate) async fn ack_work(
-        &self,
-        lock_token: &str,
-        completion: Option<WorkItem>,
-    ) -> Result<(), ProviderError> {
+    pub(crate) async fn ack_work(&self, lock_token: &str, completion: Option<WorkItem>) -> Result<(), ProviderError> {
         const OP: &str = "ack_work_item";
         if self.earlier_write_committed(OP, lock_token).await {
             return Ok(());
         }
-        let row =
-            completion_row(completion.as_ref(), self.config.limits).map_err(|e| refuse(OP, e))?;
+        let row = completion_row(completion.as_ref(), self.config.limits).map_err(|e| refuse(OP, e))?;
         match self
             .write(OP, lock_token, || self.store.complete_work_item(lock_token, row.as_ref()))
             .await?
@@ -113,11 +108,7 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    pub(crate) async fn renew_work(
-        &self,
-        lock_token: &str,
-        extend_for: Duration,
-    ) -> Result<(), ProviderError> {
+    pub(crate) async fn renew_work(&self, lock_token: &str, extend_for: Duration) -> Result<(), ProviderError> {
         const OP: &str = "renew_work_item_lock";
         let extend_ms = duration_ms(extend_for);
         match self.call(OP, || self.store.renew_work_item(lock_token, extend_ms)).await? {
@@ -150,9 +141,7 @@ impl<S: Store> Engine<S> {
 
     pub(crate) async fn cleanup_sessions(&self) -> Result<usize, ProviderError> {
         let n = self
-            .call("cleanup_orphaned_sessions", || {
-                self.store.cleanup_sessions()
-            })
+            .call("cleanup_orphaned_sessions", || self.store.cleanup_sessions())
             .await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
@@ -168,40 +157,24 @@ impl<S: Store> Engine<S> {
         .await
     }
 
-    pub(crate) async fn kv_value(
-        &self,
-        instance: &str,
-        key: &str,
-    ) -> Result<Option<String>, ProviderError> {
-        self.call("get_kv_value", || self.store.kv_value(instance, key))
-            .await
+    pub(crate) async fn kv_value(&self, instance: &str, key: &str) -> Result<Option<String>, ProviderError> {
+        self.call("get_kv_value", || self.store.kv_value(instance, key)).await
     }
 
-    pub(crate) async fn kv_all(
-        &self,
-        instance: &str,
-    ) -> Result<HashMap<String, String>, ProviderError> {
-        let pairs = self
-            .call("get_kv_all_values", || self.store.kv_all(instance))
-            .await?;
+    pub(crate) async fn kv_all(&self, instance: &str) -> Result<HashMap<String, String>, ProviderError> {
+        let pairs = self.call("get_kv_all_values", || self.store.kv_all(instance)).await?;
         Ok(pairs.into_iter().collect())
     }
 
-    pub(crate) async fn instance_stats(
-        &self,
-        instance: &str,
-    ) -> Result<Option<SystemStats>, ProviderError> {
+    pub(crate) async fn instance_stats(&self, instance: &str) -> Result<Option<SystemStats>, ProviderError> {
         const OP: &str = "get_instance_stats";
-        let Some(raw) = self
-            .call(OP, || self.store.instance_stats(instance))
-            .await?
-        else {
+        let Some(raw) = self.call(OP, || self.store.instance_stats(instance)).await? else {
             return Ok(None);
         };
         let queue_pending_count = match &raw.first_event {
             Some(first) => {
-                let events = decode_history(instance, 0, std::slice::from_ref(first))
-                    .map_err(|f| to_provider_error(OP, &f))?;
+                let events =
+                    decode_history(instance, 0, std::slice::from_ref(first)).map_err(|f| to_provider_error(OP, &f))?;
                 events
                     .first()
                     .map(|e| match &e.kind {

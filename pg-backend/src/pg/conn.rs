@@ -13,8 +13,7 @@ use tokio_postgres::{Client, Config, Row, Statement};
 
 /// Opens a raw connection (the TLS choice lives inside). Returns the client;
 /// the connection task is spawned by the connector.
-pub type Connector =
-    Arc<dyn Fn(Config) -> BoxFuture<'static, Result<Client, tokio_postgres::Error>> + Send + Sync>;
+pub type Connector = Arc<dyn Fn(Config) -> BoxFuture<'static, Result<Client, tokio_postgres::Error>> + Send + Sync>;
 
 /// A connector without TLS.
 pub fn plain_connector() -> Connector {
@@ -105,29 +104,15 @@ impl PgConn {
         result.map_err(|e| self.note_fault(fault(&e)))
     }
 
-    async fn pipeline_raw(
-        &mut self,
-        stmts: &[Stmt<'_>],
-    ) -> Result<Vec<Vec<Row>>, tokio_postgres::Error> {
+    async fn pipeline_raw(&mut self, stmts: &[Stmt<'_>]) -> Result<Vec<Vec<Row>>, tokio_postgres::Error> {
         let sqls: Vec<&str> = stmts.iter().map(|s| s.sql).collect();
         let prepared = self.prepare(&sqls).await?;
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = stmts
             .iter()
-            .map(|s| {
-                s.params
-                    .iter()
-                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-                    .collect()
-            })
+            .map(|s| s.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect())
             .collect();
         let client = &self.client;
-        try_join_all(
-            prepared
-                .iter()
-                .zip(&params)
-                .map(|(st, p)| client.query(st, p)),
-        )
-        .await
+        try_join_all(prepared.iter().zip(&params).map(|(st, p)| client.query(st, p))).await
     }
 
     /// Record a fault's consequences for this connection: stale statements
@@ -237,11 +222,7 @@ impl std::fmt::Display for ConnectError {
                     None => write!(f, "{e}"),
                 },
             },
-            ConnectError::TimedOut(d) => write!(
-                f,
-                "no answer within the connect timeout of {} ms",
-                d.as_millis()
-            ),
+            ConnectError::TimedOut(d) => write!(f, "no answer within the connect timeout of {} ms", d.as_millis()),
         }
     }
 }
@@ -261,11 +242,7 @@ pub fn describe_target(config: &Config) -> String {
                 #[cfg(unix)]
                 tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
             };
-            let port = ports
-                .get(i)
-                .or_else(|| ports.first())
-                .copied()
-                .unwrap_or(5432);
+            let port = ports.get(i).or_else(|| ports.first()).copied().unwrap_or(5432);
             format!("{host}:{port}")
         })
         .collect::<Vec<_>>()

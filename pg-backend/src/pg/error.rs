@@ -20,9 +20,7 @@ pub fn fault(e: &tokio_postgres::Error) -> StoreFault {
         };
     }
     if e.is_closed() {
-        return StoreFault::ConnectionClosed {
-            detail: e.to_string(),
-        };
+        return StoreFault::ConnectionClosed { detail: e.to_string() };
     }
     let mut source = e.source();
     while let Some(cause) = source {
@@ -33,29 +31,21 @@ pub fn fault(e: &tokio_postgres::Error) -> StoreFault {
         }
         source = cause.source();
     }
-    StoreFault::Client {
-        detail: e.to_string(),
-    }
+    StoreFault::Client { detail: e.to_string() }
 }
 
 /// Map a failure to open a connection.
 pub fn connect_fault(e: &ConnectError) -> StoreFault {
     match e {
         ConnectError::Driver(e) => fault(e),
-        ConnectError::TimedOut(_) => StoreFault::Io {
-            detail: e.to_string(),
-        },
+        ConnectError::TimedOut(_) => StoreFault::Io { detail: e.to_string() },
     }
 }
 
 /// Map a failure to check a connection out of the pool. bb8 opens
 /// connections in the background, so a server that refuses them shows up as
 /// a wait that times out; the last connect error is reported with it.
-pub fn pool_fault(
-    e: bb8::RunError<ConnectError>,
-    waited_ms: u64,
-    last_connect_error: Option<String>,
-) -> StoreFault {
+pub fn pool_fault(e: bb8::RunError<ConnectError>, waited_ms: u64, last_connect_error: Option<String>) -> StoreFault {
     match e {
         bb8::RunError::User(e) => connect_fault(&e),
         bb8::RunError::TimedOut => StoreFault::PoolTimedOut {

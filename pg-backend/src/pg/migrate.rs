@@ -137,8 +137,7 @@ const LEDGER: &str = "CREATE TABLE IF NOT EXISTS {s}._duropg_migrations (
     applied_by text        NOT NULL DEFAULT CURRENT_USER
 )";
 const READ_LEDGER: &str = "SELECT version, checksum FROM {s}._duropg_migrations ORDER BY version";
-const RECORD: &str =
-    "INSERT INTO {s}._duropg_migrations (version, name, checksum) VALUES ($1, $2, $3)";
+const RECORD: &str = "INSERT INTO {s}._duropg_migrations (version, name, checksum) VALUES ($1, $2, $3)";
 
 /// What a migration run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,10 +169,7 @@ fn verify(schema: &SchemaName, ledger: &[(i32, String)]) -> Result<i32, MigrateE
     Ok(found)
 }
 
-async fn read_ledger(
-    conn: &PgConn,
-    schema: &SchemaName,
-) -> Result<Option<Vec<(i32, String)>>, tokio_postgres::Error> {
+async fn read_ledger(conn: &PgConn, schema: &SchemaName) -> Result<Option<Vec<(i32, String)>>, tokio_postgres::Error> {
     match conn.client().query(&render(READ_LEDGER, schema), &[]).await {
         Ok(rows) => Ok(Some(
             rows.iter()
@@ -181,12 +177,7 @@ async fn read_ledger(
                 .collect(),
         )),
         // undefined_table / invalid_schema_name: nothing migrated yet.
-        Err(e)
-            if e.code()
-                .is_some_and(|c| c.code() == "42P01" || c.code() == "3F000") =>
-        {
-            Ok(None)
-        }
+        Err(e) if e.code().is_some_and(|c| c.code() == "42P01" || c.code() == "3F000") => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -196,18 +187,10 @@ async fn read_ledger(
 ///
 /// # Errors
 /// A [`MigrateError`] naming the schema and what is wrong.
-pub async fn migrate(
-    conn: &PgConn,
-    schema: &SchemaName,
-    allow_ddl: bool,
-) -> Result<MigrationReport, MigrateError> {
+pub async fn migrate(conn: &PgConn, schema: &SchemaName, allow_ddl: bool) -> Result<MigrationReport, MigrateError> {
     let db = |step: &'static str| {
         let schema = schema.to_string();
-        move |error| MigrateError::Database {
-            schema,
-            step,
-            error,
-        }
+        move |error| MigrateError::Database { schema, step, error }
     };
     // Fast path: current ledger, no lock, no DDL.
     if let Some(ledger) = read_ledger(conn, schema)
@@ -250,11 +233,7 @@ pub async fn migrate(
 async fn apply_locked(conn: &PgConn, schema: &SchemaName) -> Result<MigrationReport, MigrateError> {
     let db = |step: &'static str| {
         let schema = schema.to_string();
-        move |error| MigrateError::Database {
-            schema,
-            step,
-            error,
-        }
+        move |error| MigrateError::Database { schema, step, error }
     };
     let client = conn.client();
     client
@@ -284,10 +263,7 @@ async fn apply_locked(conn: &PgConn, schema: &SchemaName) -> Result<MigrationRep
             .await
             .map_err(db("applying a migration"))?;
         client
-            .execute(
-                &render(RECORD, schema),
-                &[&m.version, &m.name, &checksum(m.sql)],
-            )
+            .execute(&render(RECORD, schema), &[&m.version, &m.name, &checksum(m.sql)])
             .await
             .map_err(db("recording a migration"))?;
         tracing::info!(schema = %schema, version = m.version, name = m.name, "applied migration");
@@ -320,17 +296,11 @@ mod tests {
     #[test]
     fn ledger_checks() {
         let s = SchemaName::parse("t").unwrap();
-        let good: Vec<(i32, String)> = MIGRATIONS
-            .iter()
-            .map(|m| (m.version, checksum(m.sql)))
-            .collect();
+        let good: Vec<(i32, String)> = MIGRATIONS.iter().map(|m| (m.version, checksum(m.sql))).collect();
         assert_eq!(verify(&s, &good).unwrap(), latest_version());
         let mut newer = good.clone();
         newer.push((latest_version() + 1, "x".into()));
-        assert!(matches!(
-            verify(&s, &newer),
-            Err(MigrateError::NewerSchema { .. })
-        ));
+        assert!(matches!(verify(&s, &newer), Err(MigrateError::NewerSchema { .. })));
         let tampered = vec![(1, "0".repeat(64))];
         assert!(matches!(
             verify(&s, &tampered),

@@ -13,13 +13,10 @@ pub mod sql;
 mod turn;
 mod worker;
 
-pub use conn::{
-    describe_target, plain_connector, ConnectError, ConnectionManager, Connector, PgConn, Stmt,
-};
+pub use conn::{describe_target, plain_connector, ConnectError, ConnectionManager, Connector, PgConn, Stmt};
 
 use crate::store::{
-    ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, Signals, Store,
-    WorkClaim,
+    ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, Signals, Store, WorkClaim,
 };
 use async_trait::async_trait;
 use duropg_core::codec::{HistoryRow, StoredEvent};
@@ -91,11 +88,7 @@ impl PgStore {
     /// `BEGIN` plus `stmts` in one round trip; on failure the transaction is
     /// rolled back and the fault returned. The caller must end the
     /// transaction with [`PgStore::commit`] or [`PgStore::rollback`].
-    pub(crate) async fn begin(
-        &self,
-        conn: &mut PgConn,
-        stmts: Vec<Stmt<'_>>,
-    ) -> Result<Vec<Vec<Row>>, StoreFault> {
+    pub(crate) async fn begin(&self, conn: &mut PgConn, stmts: Vec<Stmt<'_>>) -> Result<Vec<Vec<Row>>, StoreFault> {
         let mut all = Vec::with_capacity(stmts.len() + 1);
         all.push(Stmt::new(&self.sql.begin));
         all.extend(stmts);
@@ -114,11 +107,7 @@ impl PgStore {
     }
 
     /// More statements inside an open transaction; rolled back on failure.
-    pub(crate) async fn then(
-        &self,
-        conn: &mut PgConn,
-        stmts: Vec<Stmt<'_>>,
-    ) -> Result<Vec<Vec<Row>>, StoreFault> {
+    pub(crate) async fn then(&self, conn: &mut PgConn, stmts: Vec<Stmt<'_>>) -> Result<Vec<Vec<Row>>, StoreFault> {
         match conn.pipeline(&stmts).await {
             Ok(results) => Ok(results),
             Err(fault) => {
@@ -132,11 +121,7 @@ impl PgStore {
 
     /// Commit. A lost reply becomes [`StoreFault::CommitOutcomeUnknown`]
     /// carrying `xid` when the transaction learned it.
-    pub(crate) async fn commit(
-        &self,
-        conn: &mut PgConn,
-        xid: Option<u64>,
-    ) -> Result<(), StoreFault> {
+    pub(crate) async fn commit(&self, conn: &mut PgConn, xid: Option<u64>) -> Result<(), StoreFault> {
         match conn.pipeline(&[Stmt::new(&self.sql.commit)]).await {
             Ok(_) => Ok(()),
             Err(fault @ (StoreFault::Sql { .. } | StoreFault::Client { .. })) => Err(fault),
@@ -176,18 +161,11 @@ impl Store for PgStore {
         self.enqueue_orchestrator_row(row).await
     }
 
-    async fn claim_instance(
-        &self,
-        claim: &InstanceClaim,
-    ) -> Result<Option<ClaimedInstance>, StoreFault> {
+    async fn claim_instance(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault> {
         self.claim(claim).await
     }
 
-    async fn release_instance(
-        &self,
-        lock_token: &str,
-        kind: ReleaseKind,
-    ) -> Result<(), StoreFault> {
+    async fn release_instance(&self, lock_token: &str, kind: ReleaseKind) -> Result<(), StoreFault> {
         self.release(lock_token, kind).await
     }
 
@@ -208,11 +186,7 @@ impl Store for PgStore {
         self.abandon(lock_token, delay_ms, ignore_attempt).await
     }
 
-    async fn renew_instance_lock(
-        &self,
-        lock_token: &str,
-        extend_ms: u64,
-    ) -> Result<Guarded, StoreFault> {
+    async fn renew_instance_lock(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault> {
         self.renew(lock_token, extend_ms).await
     }
 
@@ -224,12 +198,7 @@ impl Store for PgStore {
         self.history(instance, execution_id).await
     }
 
-    async fn append_history(
-        &self,
-        instance: &str,
-        execution_id: u64,
-        rows: &[HistoryRow],
-    ) -> Result<(), StoreFault> {
+    async fn append_history(&self, instance: &str, execution_id: u64, rows: &[HistoryRow]) -> Result<(), StoreFault> {
         self.append(instance, execution_id, rows).await
     }
 
@@ -241,11 +210,7 @@ impl Store for PgStore {
         self.claim_work(claim).await
     }
 
-    async fn complete_work_item(
-        &self,
-        lock_token: &str,
-        completion: Option<&OrchRow>,
-    ) -> Result<Guarded, StoreFault> {
+    async fn complete_work_item(&self, lock_token: &str, completion: Option<&OrchRow>) -> Result<Guarded, StoreFault> {
         self.complete_work(lock_token, completion).await
     }
 
@@ -255,15 +220,10 @@ impl Store for PgStore {
         delay_ms: Option<u64>,
         ignore_attempt: bool,
     ) -> Result<Guarded, StoreFault> {
-        self.abandon_work(lock_token, delay_ms, ignore_attempt)
-            .await
+        self.abandon_work(lock_token, delay_ms, ignore_attempt).await
     }
 
-    async fn renew_work_item(
-        &self,
-        lock_token: &str,
-        extend_ms: u64,
-    ) -> Result<Guarded, StoreFault> {
+    async fn renew_work_item(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault> {
         self.renew_work(lock_token, extend_ms).await
     }
 
@@ -273,8 +233,7 @@ impl Store for PgStore {
         extend_ms: u64,
         idle_timeout_ms: u64,
     ) -> Result<u64, StoreFault> {
-        self.renew_session_locks(owner_ids, extend_ms, idle_timeout_ms)
-            .await
+        self.renew_session_locks(owner_ids, extend_ms, idle_timeout_ms).await
     }
 
     async fn cleanup_sessions(&self) -> Result<u64, StoreFault> {

@@ -44,10 +44,7 @@ impl PgStore {
         self.run(&[stmt]).await.map(|_| ())
     }
 
-    pub(super) async fn claim(
-        &self,
-        claim: &InstanceClaim,
-    ) -> Result<Option<ClaimedInstance>, StoreFault> {
+    pub(super) async fn claim(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault> {
         let (any, min, max) = match claim.window {
             VersionWindow::Range { min, max } => (false, min, max),
             VersionWindow::Any | VersionWindow::Nothing => (true, (0, 0, 0), (0, 0, 0)),
@@ -70,6 +67,7 @@ impl PgStore {
             return Ok(None);
         };
         let instance: String = col(first, 0, "instance_locks", &|| "claimed instance".into())?;
+        let now_ms = uint(col(first, 1, "instance_locks", &|| "claimed instance".into())?);
         let i = instance.as_str();
         let reads = vec![
             Stmt::new(&self.sql.tag_messages)
@@ -80,16 +78,12 @@ impl PgStore {
             Stmt::new(&self.sql.kv_snapshot).bind(i),
         ];
         let results = self.then(&mut conn, reads).await?;
-        let batch = claimed_batch(&instance, &claim.lock_token, &results)?;
+        let batch = claimed_batch(&instance, &claim.lock_token, now_ms, &results)?;
         self.commit(&mut conn, None).await?;
         Ok(Some(batch))
     }
 
-    pub(super) async fn release(
-        &self,
-        lock_token: &str,
-        kind: ReleaseKind,
-    ) -> Result<(), StoreFault> {
+    pub(super) async fn release(&self, lock_token: &str, kind: ReleaseKind) -> Result<(), StoreFault> {
         let sql = &self.sql;
         let messages = match kind {
             ReleaseKind::DropMessages => Some(Stmt::new(&sql.delete_tagged).bind(lock_token)),
@@ -109,9 +103,7 @@ impl PgStore {
     }
 
     pub(super) async fn read_lock(&self, lock_token: &str) -> Result<Option<LockRead>, StoreFault> {
-        let rows = self
-            .run(&[Stmt::new(&self.sql.read_lock).bind(lock_token)])
-            .await?;
+        let rows = self.run(&[Stmt::new(&self.sql.read_lock).bind(lock_token)]).await?;
         rows[0]
             .first()
             .map(|r| {
@@ -149,15 +141,9 @@ impl PgStore {
         Ok(outcome)
     }
 
-    pub(super) async fn renew(
-        &self,
-        lock_token: &str,
-        extend_ms: u64,
-    ) -> Result<Guarded, StoreFault> {
+    pub(super) async fn renew(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault> {
         let rows = self
-            .run(&[Stmt::new(&self.sql.renew_lock)
-                .bind(lock_token)
-                .bind(int(extend_ms))])
+            .run(&[Stmt::new(&self.sql.renew_lock).bind(lock_token).bind(int(extend_ms))])
             .await?;
         Ok(guarded(&rows[0]))
     }
@@ -170,21 +156,14 @@ impl PgStore {
         match execution_id {
             Some(exec) => {
                 let rows = self
-                    .run(&[Stmt::new(&self.sql.execution_history)
-                        .bind(instance)
-                        .bind(int(exec))])
+                    .run(&[Stmt::new(&self.sql.execution_history).bind(instance).bind(int(exec))])
                     .await?;
                 Ok((exec, event_rows(&rows[0], "history", instance)?))
             }
             None => {
-                let rows = self
-                    .run(&[Stmt::new(&self.sql.latest_history).bind(instance)])
-                    .await?;
+                let rows = self.run(&[Stmt::new(&self.sql.latest_history).bind(instance)]).await?;
                 let (exec, events) = latest_history(&rows[0], instance)?;
-                Ok((
-                    exec.unwrap_or(duropg_core::instance::INITIAL_EXECUTION_ID),
-                    events,
-                ))
+                Ok((exec.unwrap_or(duropg_core::instance::INITIAL_EXECUTION_ID), events))
             }
         }
     }
@@ -195,24 +174,14 @@ impl PgStore {
         execution_id: u64,
         rows: &[HistoryRow],
     ) -> Result<(), StoreFault> {
-        self.run(&[append_stmt(
-            &self.sql.append_history,
-            instance,
-            execution_id,
-            rows,
-        )])
-        .await
-        .map(|_| ())
+        self.run(&[append_stmt(&self.sql.append_history, instance, execution_id, rows)])
+            .await
+            .map(|_| ())
     }
 }
 
 /// The history-append statement for a batch of rows.
-pub(crate) fn append_stmt<'a>(
-    sql: &'a str,
-    instance: &'a str,
-    execution_id: u64,
-    rows: &[HistoryRow],
-) -> Stmt<'a> {
+pub(crate) fn append_stmt<'a>(sql: &'a str, instance: &'a str, execution_id: u64, rows: &[HistoryRow]) -> Stmt<'a> {
     let ids: Vec<i64> = rows.iter().map(|r| int(r.event_id)).collect();
     let types: Vec<String> = rows.iter().map(|r| r.event_type.clone()).collect();
     let data: Vec<String> = rows.iter().map(|r| r.data.clone()).collect();
@@ -226,10 +195,7 @@ pub(crate) fn append_stmt<'a>(
 
 /// Parse `latest_history` rows: the execution id (None when nothing is
 /// stored) and its events.
-fn latest_history(
-    rows: &[Row],
-    instance: &str,
-) -> Result<(Option<u64>, Vec<StoredEvent>), StoreFault> {
+fn latest_history(rows: &[Row], instance: &str) -> Result<(Option<u64>, Vec<StoredEvent>), StoreFault> {
     let key = || format!("instance {instance:?}");
     let mut exec = None;
     let mut events = Vec::new();
@@ -249,6 +215,7 @@ fn latest_history(
 fn claimed_batch(
     instance: &str,
     lock_token: &str,
+    now_ms: u64,
     results: &[Vec<Row>],
 ) -> Result<ClaimedInstance, StoreFault> {
     let mut messages = results[0]
@@ -260,6 +227,7 @@ fn claimed_batch(
                 id: col(r, 0, "orchestrator_queue", &key)?,
                 payload: col(r, 1, "orchestrator_queue", &key)?,
                 attempt_count: u32::try_from(attempts).unwrap_or(0),
+                enqueued_at_ms: uint(col(r, 3, "orchestrator_queue", &key)?),
             })
         })
         .collect::<Result<Vec<_>, StoreFault>>()?;
@@ -289,6 +257,7 @@ fn claimed_batch(
     Ok(ClaimedInstance {
         instance: instance.to_string(),
         lock_token: lock_token.to_string(),
+        now_ms,
         messages,
         row,
         history_execution_id,

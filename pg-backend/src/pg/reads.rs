@@ -21,20 +21,11 @@ impl PgStore {
         let key = || format!("instance {instance:?}");
         rows[0]
             .first()
-            .map(|r| {
-                Ok((
-                    col(r, 0, "instances", &key)?,
-                    uint(col(r, 1, "instances", &key)?),
-                ))
-            })
+            .map(|r| Ok((col(r, 0, "instances", &key)?, uint(col(r, 1, "instances", &key)?))))
             .transpose()
     }
 
-    pub(super) async fn read_kv_value(
-        &self,
-        instance: &str,
-        key: &str,
-    ) -> Result<Option<String>, StoreFault> {
+    pub(super) async fn read_kv_value(&self, instance: &str, key: &str) -> Result<Option<String>, StoreFault> {
         let rows = self
             .run(&[Stmt::new(&self.sql.kv_value).bind(instance).bind(key)])
             .await?;
@@ -45,13 +36,8 @@ impl PgStore {
         }
     }
 
-    pub(super) async fn read_kv_all(
-        &self,
-        instance: &str,
-    ) -> Result<Vec<(String, String)>, StoreFault> {
-        let rows = self
-            .run(&[Stmt::new(&self.sql.kv_all).bind(instance)])
-            .await?;
+    pub(super) async fn read_kv_all(&self, instance: &str) -> Result<Vec<(String, String)>, StoreFault> {
+        let rows = self.run(&[Stmt::new(&self.sql.kv_all).bind(instance)]).await?;
         let k = || format!("instance {instance:?}");
         rows[0]
             .iter()
@@ -59,13 +45,8 @@ impl PgStore {
             .collect()
     }
 
-    pub(super) async fn read_instance_stats(
-        &self,
-        instance: &str,
-    ) -> Result<Option<RawStats>, StoreFault> {
-        let rows = self
-            .run(&[Stmt::new(&self.sql.instance_stats).bind(instance)])
-            .await?;
+    pub(super) async fn read_instance_stats(&self, instance: &str) -> Result<Option<RawStats>, StoreFault> {
+        let rows = self.run(&[Stmt::new(&self.sql.instance_stats).bind(instance)]).await?;
         let k = || format!("instance {instance:?}");
         let Some(r) = rows[0].first() else {
             return Ok(None);
@@ -81,9 +62,7 @@ impl PgStore {
     }
 
     pub(super) async fn read_commit_status(&self, xid: u64) -> Result<CommitStatus, StoreFault> {
-        let rows = self
-            .run(&[Stmt::new(&self.sql.txid_status).bind(int(xid))])
-            .await?;
+        let rows = self.run(&[Stmt::new(&self.sql.txid_status).bind(int(xid))]).await?;
         let status: Option<String> = match rows[0].first() {
             Some(r) => col(r, 0, "txid_status", &|| format!("xid {xid}"))?,
             None => None,

@@ -21,9 +21,7 @@ const NOW_MS: &str = "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp(
 
 /// Render a template for `schema`. The only place SQL text is assembled.
 pub fn render(template: &str, schema: &SchemaName) -> String {
-    template
-        .replace("{s}", &schema.quoted())
-        .replace("{now}", NOW_MS)
+    template.replace("{s}", &schema.quoted()).replace("{now}", NOW_MS)
 }
 
 macro_rules! statements {
@@ -107,13 +105,13 @@ statements! {
                 locked_until_ms = EXCLUDED.locked_until_ms,
                 locked_at_ms = EXCLUDED.locked_at_ms
             WHERE l.locked_until_ms <= EXCLUDED.locked_at_ms
-        RETURNING instance_id";
+        RETURNING instance_id, locked_at_ms";
 
     /// Tag the claimed instance's visible messages with the lock token ($2) and count the attempt.
     tag_messages = "UPDATE {s}.orchestrator_queue
         SET lock_token = $2, attempt_count = attempt_count + 1
         WHERE instance_id = $1 AND visible_at_ms <= {now}
-        RETURNING id, work_item, attempt_count";
+        RETURNING id, work_item, attempt_count, enqueued_at_ms";
 
     /// The instance row.
     instance_row = "SELECT orchestration_name, orchestration_version, current_execution_id
@@ -270,7 +268,7 @@ statements! {
         UPDATE {s}.worker_queue w
         SET lock_token = $6, locked_until_ms = {now} + $7::bigint, attempt_count = w.attempt_count + 1
         FROM picked WHERE w.id = picked.id
-        RETURNING w.id, w.work_item, w.attempt_count, w.session_id";
+        RETURNING w.id, w.work_item, w.attempt_count, w.session_id, w.instance_id, w.execution_id, w.activity_id";
 
     /// Claim or refresh a session for an owner; no row when another owner holds it.
     claim_session = "INSERT INTO {s}.sessions AS s (session_id, owner_id, locked_until_ms, last_activity_at_ms)
@@ -366,9 +364,7 @@ mod tests {
     fn render_quotes_the_schema_and_leaves_no_placeholder() {
         let schema = SchemaName::parse("tenant_a").unwrap();
         let sql = Sql::new(&schema);
-        assert!(sql
-            .claim_instance
-            .contains("\"tenant_a\".orchestrator_queue"));
+        assert!(sql.claim_instance.contains("\"tenant_a\".orchestrator_queue"));
         for (name, template) in Sql::templates() {
             let text = render(template, &schema);
             assert!(!text.contains("{s}") && !text.contains("{now}"), "{name}");

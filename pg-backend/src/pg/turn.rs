@@ -16,11 +16,7 @@ impl PgStore {
                 detail: "turn plan does not start with its lock guard".into(),
             });
         }
-        let stmts: Vec<Stmt> = plan
-            .ops
-            .iter()
-            .flat_map(|op| op_stmts(&self.sql, plan, op))
-            .collect();
+        let stmts: Vec<Stmt> = plan.ops.iter().flat_map(|op| op_stmts(&self.sql, plan, op)).collect();
         let mut conn = self.conn().await?;
         let results = self.begin(&mut conn, stmts).await?;
         if guarded(&results[0]) == Guarded::NotHeld {
@@ -47,24 +43,19 @@ fn op_stmts<'a>(sql: &'a Sql, plan: &'a TurnPlan, op: &'a TurnOp) -> Vec<Stmt<'a
             .bind(u.version.as_str())
             .bind(int(u.execution_id))
             .bind(u.parent_instance_id.as_deref())),
-        TurnOp::EnsureExecution { execution_id } => one(Stmt::new(&sql.ensure_execution)
-            .bind(i)
-            .bind(int(*execution_id))),
-        TurnOp::PinVersion {
-            execution_id,
-            version,
-        } => one(Stmt::new(&sql.pin_version)
+        TurnOp::EnsureExecution { execution_id } => {
+            one(Stmt::new(&sql.ensure_execution).bind(i).bind(int(*execution_id)))
+        }
+        TurnOp::PinVersion { execution_id, version } => one(Stmt::new(&sql.pin_version)
             .bind(i)
             .bind(int(*execution_id))
             .bind(int(version.0))
             .bind(int(version.1))
             .bind(int(version.2))),
-        TurnOp::AdvanceCurrentExecution { execution_id } => one(Stmt::new(&sql.advance_execution)
-            .bind(i)
-            .bind(int(*execution_id))),
-        TurnOp::AppendHistory { execution_id, rows } => {
-            one(append_stmt(&sql.append_history, i, *execution_id, rows))
+        TurnOp::AdvanceCurrentExecution { execution_id } => {
+            one(Stmt::new(&sql.advance_execution).bind(i).bind(int(*execution_id)))
         }
+        TurnOp::AppendHistory { execution_id, rows } => one(append_stmt(&sql.append_history, i, *execution_id, rows)),
         TurnOp::SetExecutionStatus {
             execution_id,
             status,
@@ -74,9 +65,7 @@ fn op_stmts<'a>(sql: &'a Sql, plan: &'a TurnPlan, op: &'a TurnOp) -> Vec<Stmt<'a
             .bind(int(*execution_id))
             .bind(status.as_str())
             .bind(output.as_deref())),
-        TurnOp::SetCustomStatus { value } => one(Stmt::new(&sql.set_custom_status)
-            .bind(i)
-            .bind(value.as_deref())),
+        TurnOp::SetCustomStatus { value } => one(Stmt::new(&sql.set_custom_status).bind(i).bind(value.as_deref())),
         TurnOp::KvSet { key, value, at_ms } => one(Stmt::new(&sql.kv_delta_put)
             .bind(i)
             .bind(key.as_str())
@@ -90,26 +79,10 @@ fn op_stmts<'a>(sql: &'a Sql, plan: &'a TurnPlan, op: &'a TurnOp) -> Vec<Stmt<'a
         TurnOp::KvClearAll { at_ms } => one(Stmt::new(&sql.kv_clear_all).bind(i).bind(int(*at_ms))),
         TurnOp::KvMergeDelta => one(Stmt::new(&sql.kv_merge).bind(i)),
         TurnOp::EnqueueWorker(rows) => one(Stmt::new(&sql.enqueue_worker_many)
-            .bind(
-                rows.iter()
-                    .map(|r| r.key.instance.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| int(r.key.execution_id))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| int(r.key.activity_id))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.session_id.clone())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(rows.iter().map(|r| r.key.instance.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| int(r.key.execution_id)).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| int(r.key.activity_id)).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.session_id.clone()).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.tag.clone()).collect::<Vec<_>>())
             .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())),
         TurnOp::CancelActivities(keys) => one(Stmt::new(&sql.cancel_activities)
@@ -117,10 +90,8 @@ fn op_stmts<'a>(sql: &'a Sql, plan: &'a TurnPlan, op: &'a TurnOp) -> Vec<Stmt<'a
             .bind(keys.iter().map(|k| int(k.execution_id)).collect::<Vec<_>>())
             .bind(keys.iter().map(|k| int(k.activity_id)).collect::<Vec<_>>())),
         TurnOp::EnqueueOrchestrator(rows) => {
-            let (delays, ats): (Vec<Option<i64>>, Vec<Option<i64>>) = rows
-                .iter()
-                .map(|r| visibility_columns(r.visibility))
-                .unzip();
+            let (delays, ats): (Vec<Option<i64>>, Vec<Option<i64>>) =
+                rows.iter().map(|r| visibility_columns(r.visibility)).unzip();
             one(Stmt::new(&sql.enqueue_orchestrator_many)
                 .bind(rows.iter().map(|r| r.instance.clone()).collect::<Vec<_>>())
                 .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())

@@ -4,7 +4,7 @@ use super::error::{col, int, uint};
 use super::orchestration::visibility_columns;
 use super::{guarded, PgStore, Stmt};
 use crate::store::{ClaimedWork, Guarded, WorkClaim};
-use duropg_core::route::{OrchRow, WorkerRow};
+use duropg_core::route::{ActivityKey, OrchRow, WorkerRow};
 use duropg_core::work::TagPredicate;
 use duropg_core::StoreFault;
 
@@ -20,23 +20,12 @@ impl PgStore {
         self.run(&[stmt]).await.map(|_| ())
     }
 
-    pub(super) async fn claim_work(
-        &self,
-        claim: &WorkClaim,
-    ) -> Result<Option<ClaimedWork>, StoreFault> {
+    pub(super) async fn claim_work(&self, claim: &WorkClaim) -> Result<Option<ClaimedWork>, StoreFault> {
         let (any, untagged, tags) = match &claim.tags {
             TagPredicate::Nothing => return Ok(None),
-            TagPredicate::Rows {
-                untagged,
-                tags,
-                any,
-            } => (*any, *untagged, tags.clone()),
+            TagPredicate::Rows { untagged, tags, any } => (*any, *untagged, tags.clone()),
         };
-        let owner = claim
-            .session
-            .as_ref()
-            .map(|s| s.owner_id.as_str())
-            .unwrap_or("");
+        let owner = claim.session.as_ref().map(|s| s.owner_id.as_str()).unwrap_or("");
         let stmt = Stmt::new(&self.sql.claim_work)
             .bind(any)
             .bind(untagged)
@@ -53,12 +42,18 @@ impl PgStore {
         };
         let key = || "claimed work item".to_string();
         let attempts: i32 = col(row, 2, "worker_queue", &key)?;
+        let session: Option<String> = col(row, 3, "worker_queue", &key)?;
         let work = ClaimedWork {
             id: col(row, 0, "worker_queue", &key)?,
+            key: ActivityKey {
+                instance: col(row, 4, "worker_queue", &key)?,
+                execution_id: uint(col(row, 5, "worker_queue", &key)?),
+                activity_id: uint(col(row, 6, "worker_queue", &key)?),
+            },
+            session_id: session.clone(),
             payload: col(row, 1, "worker_queue", &key)?,
             attempt_count: u32::try_from(attempts).unwrap_or(0),
         };
-        let session: Option<String> = col(row, 3, "worker_queue", &key)?;
         if let (Some(session_id), Some(s)) = (session, &claim.session) {
             let stmt = Stmt::new(&self.sql.claim_session)
                 .bind(session_id)
@@ -101,11 +96,8 @@ impl PgStore {
         let session: Option<String> = col(deleted, 0, "worker_queue", &key)?;
         let xid = uint(col(deleted, 1, "worker_queue", &key)?);
         if let Some(session_id) = session {
-            self.then(
-                &mut conn,
-                vec![Stmt::new(&self.sql.touch_session).bind(session_id)],
-            )
-            .await?;
+            self.then(&mut conn, vec![Stmt::new(&self.sql.touch_session).bind(session_id)])
+                .await?;
         }
         self.commit(&mut conn, Some(xid)).await?;
         Ok(Guarded::Applied)
@@ -125,22 +117,14 @@ impl PgStore {
         Ok(guarded(&rows[0]))
     }
 
-    pub(super) async fn renew_work(
-        &self,
-        lock_token: &str,
-        extend_ms: u64,
-    ) -> Result<Guarded, StoreFault> {
-        let stmt = Stmt::new(&self.sql.renew_work)
-            .bind(lock_token)
-            .bind(int(extend_ms));
+    pub(super) async fn renew_work(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault> {
+        let stmt = Stmt::new(&self.sql.renew_work).bind(lock_token).bind(int(extend_ms));
         let mut conn = self.conn().await?;
         let rows = conn.pipeline(&[stmt]).await?;
         let Some(row) = rows[0].first() else {
             return Ok(Guarded::NotHeld);
         };
-        let session: Option<String> = col(row, 0, "worker_queue", &|| {
-            format!("lock token {lock_token:?}")
-        })?;
+        let session: Option<String> = col(row, 0, "worker_queue", &|| format!("lock token {lock_token:?}"))?;
         if let Some(session_id) = session {
             conn.pipeline(&[Stmt::new(&self.sql.touch_session).bind(session_id)])
                 .await?;
