@@ -283,12 +283,20 @@ pub const NON_SQL_RULES: &[(&str, Class, &str)] = &[
     ("commit outcome unknown", Class::Ambiguous, "COMMIT was sent and its reply lost; the engine asks the store whether the transaction committed before it retries"),
 ];
 
+/// A classification function. Production always uses [`classify`]; the
+/// simulator swaps in a deliberately wrong one to prove its checker notices.
+pub type Classifier = fn(&StoreFault) -> Class;
+
 /// Turn a fault into the error duroxide sees. `Ambiguous` becomes retryable:
 /// by the time a fault reaches the runtime the engine has already tried to
 /// resolve it, and a rerun is safe because every write is guarded by its lock
 /// token (a rerun of a write that did commit is rejected, never applied twice).
 pub fn to_provider_error(operation: &str, fault: &StoreFault) -> ProviderError {
-    let class = classify(fault);
+    provider_error(operation, fault, classify(fault))
+}
+
+/// Turn a fault of a known `class` into the error duroxide sees.
+pub fn provider_error(operation: &str, fault: &StoreFault, class: Class) -> ProviderError {
     let message = format!("{class} storage fault: {fault}");
     match class {
         Class::Permanent => ProviderError::permanent(operation, message),

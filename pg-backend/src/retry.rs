@@ -1,7 +1,7 @@
 //! The one retry loop. Every store call the engine makes goes through
 //! [`RetryPolicy::run`]; nothing else in duropg retries.
 
-use duropg_core::fault::{classify, Class};
+use duropg_core::fault::{classify, Class, Classifier};
 use duropg_core::StoreFault;
 use std::future::Future;
 use std::time::Duration;
@@ -56,7 +56,21 @@ impl RetryPolicy {
 
     /// Run `op` until it succeeds, fails with a fault that is not
     /// [`Class::Retryable`], or the policy is exhausted. Returns the last fault.
-    pub async fn run<T, F, Fut>(&self, operation: &'static str, mut op: F) -> Result<T, StoreFault>
+    pub async fn run<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, StoreFault>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreFault>>,
+    {
+        self.run_classified(classify, operation, op).await
+    }
+
+    /// [`RetryPolicy::run`] with the classification function given.
+    pub async fn run_classified<T, F, Fut>(
+        &self,
+        classify: Classifier,
+        operation: &'static str,
+        mut op: F,
+    ) -> Result<T, StoreFault>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreFault>>,

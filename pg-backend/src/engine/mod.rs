@@ -27,7 +27,7 @@ mod worker;
 
 use crate::retry::RetryPolicy;
 use crate::store::{CommitStatus, Guarded, Store};
-use duropg_core::fault::to_provider_error;
+use duropg_core::fault::{classify, provider_error, Classifier};
 use duropg_core::route::Limits;
 use duropg_core::StoreFault;
 use duroxide::providers::ProviderError;
@@ -119,6 +119,7 @@ pub struct Engine<S: Store> {
     store: S,
     config: EngineConfig,
     tokens: Arc<dyn TokenSource>,
+    classify: Classifier,
     unresolved: Mutex<HashMap<String, u64>>,
 }
 
@@ -138,8 +139,22 @@ impl<S: Store> Engine<S> {
             store,
             config,
             tokens,
+            classify,
             unresolved: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Replace the storage-fault classifier. Only for the simulator's proof
+    /// that its checker catches a wrong classification; production always
+    /// uses duropg-core's documented table.
+    pub fn with_classifier(mut self, classify: Classifier) -> Self {
+        self.classify = classify;
+        self
+    }
+
+    /// The `ProviderError` for a fault, classified by this engine's classifier.
+    pub(crate) fn fault_error(&self, operation: &str, fault: &StoreFault) -> ProviderError {
+        provider_error(operation, fault, (self.classify)(fault))
     }
 
     /// The store underneath.
@@ -160,9 +175,9 @@ impl<S: Store> Engine<S> {
     {
         self.config
             .retry
-            .run(operation, op)
+            .run_classified(self.classify, operation, op)
             .await
-            .map_err(|fault| to_provider_error(operation, &fault))
+            .map_err(|fault| self.fault_error(operation, &fault))
     }
 
     /// Run a guarded write under the retry policy, resolving a lost COMMIT
@@ -181,13 +196,18 @@ impl<S: Store> Engine<S> {
     {
         let mut reruns = 0;
         loop {
-            let fault = match self.config.retry.run(operation, &mut op).await {
+            let fault = match self
+                .config
+                .retry
+                .run_classified(self.classify, operation, &mut op)
+                .await
+            {
                 Ok(outcome) => return Ok(outcome),
                 Err(fault) => fault,
             };
             let xid = match &fault {
                 StoreFault::CommitOutcomeUnknown { xid: Some(xid), .. } => *xid,
-                _ => return Err(to_provider_error(operation, &fault)),
+                _ => return Err(self.fault_error(operation, &fault)),
             };
             match self.commit_status(operation, xid).await {
                 CommitStatus::Committed => {
@@ -204,7 +224,7 @@ impl<S: Store> Engine<S> {
                 }
                 _ => {
                     self.remember_unresolved(lock_token, xid);
-                    return Err(to_provider_error(operation, &fault));
+                    return Err(self.fault_error(operation, &fault));
                 }
             }
         }
@@ -217,7 +237,7 @@ impl<S: Store> Engine<S> {
             let status = self
                 .config
                 .retry
-                .run(operation, || self.store.commit_status(xid))
+                .run_classified(self.classify, operation, || self.store.commit_status(xid))
                 .await
                 .unwrap_or(CommitStatus::Unknown);
             let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -3,7 +3,6 @@
 use super::{refuse, Engine, Queue};
 use crate::store::{Guarded, InstanceClaim, ReleaseKind, Store};
 use duropg_core::codec::{decode_history, encode_event};
-use duropg_core::fault::to_provider_error;
 use duropg_core::fetch::{decide, FetchDecision};
 use duropg_core::route::{check_payload, duration_ms, orchestrator_row};
 use duropg_core::turn::{plan_ack, AckInput, TurnOp, TurnPlan};
@@ -188,7 +187,7 @@ impl<S: Store> Engine<S> {
         let (execution_id, rows) = self
             .call(OP, || self.store.read_history(instance, execution_id))
             .await?;
-        decode_history(instance, execution_id, &rows).map_err(|fault| to_provider_error(OP, &fault))
+        decode_history(instance, execution_id, &rows).map_err(|fault| self.fault_error(OP, &fault))
     }
 
     pub(crate) async fn append_events(

@@ -3,7 +3,6 @@
 use super::{refuse, Engine, Queue};
 use crate::store::{Guarded, SessionClaim, Store, WorkClaim};
 use duropg_core::codec::{decode_history, decode_work_item};
-use duropg_core::fault::to_provider_error;
 use duropg_core::route::{duration_ms, worker_row};
 use duropg_core::work::{completion_row, tag_predicate, TagPredicate};
 use duroxide::providers::{ProviderError, SessionFetchConfig, TagFilter, WorkItem};
@@ -56,7 +55,7 @@ impl<S: Store> Engine<S> {
             return Ok(None);
         };
         let item = decode_work_item("worker_queue", &format!("id {}", work.id), &work.payload)
-            .map_err(|fault| to_provider_error(OP, &fault))?;
+            .map_err(|fault| self.fault_error(OP, &fault))?;
         Ok(Some((item, claim.lock_token, work.attempt_count)))
     }
 
@@ -174,7 +173,7 @@ impl<S: Store> Engine<S> {
         let queue_pending_count = match &raw.first_event {
             Some(first) => {
                 let events =
-                    decode_history(instance, 0, std::slice::from_ref(first)).map_err(|f| to_provider_error(OP, &f))?;
+                    decode_history(instance, 0, std::slice::from_ref(first)).map_err(|f| self.fault_error(OP, &f))?;
                 events
                     .first()
                     .map(|e| match &e.kind {
