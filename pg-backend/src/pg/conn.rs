@@ -35,6 +35,7 @@ pub struct PgConn {
     client: Client,
     statements: HashMap<String, Statement>,
     broken: bool,
+    in_transaction: bool,
 }
 
 /// A statement and its parameters, ready to send.
@@ -65,12 +66,26 @@ impl PgConn {
             client,
             statements: HashMap::new(),
             broken: false,
+            in_transaction: false,
         }
     }
 
-    /// Whether the pool should discard this connection.
+    /// Whether the pool should discard this connection. A connection given
+    /// back inside a transaction (its caller's future was dropped mid-way,
+    /// as the runtime does to fetches at shutdown) is discarded too: closing
+    /// it makes the server roll the transaction back and release its locks.
     pub fn is_broken(&self) -> bool {
-        self.broken || self.client.is_closed()
+        self.broken || self.in_transaction || self.client.is_closed()
+    }
+
+    /// Whether statements can still be sent (it may be inside a transaction).
+    pub fn is_usable(&self) -> bool {
+        !self.broken && !self.client.is_closed()
+    }
+
+    /// Mark that a transaction is open (or closed) on this connection.
+    pub fn set_in_transaction(&mut self, open: bool) {
+        self.in_transaction = open;
     }
 
     /// The raw client, for simple-protocol batches (migrations).
@@ -132,6 +147,7 @@ impl PgConn {
         if self.pipeline(&[Stmt::new(rollback_sql)]).await.is_err() {
             self.broken = true;
         }
+        self.in_transaction = false;
     }
 }
 

@@ -92,13 +92,14 @@ impl PgStore {
         let mut all = Vec::with_capacity(stmts.len() + 1);
         all.push(Stmt::new(&self.sql.begin));
         all.extend(stmts);
+        conn.set_in_transaction(true);
         match conn.pipeline(&all).await {
             Ok(mut results) => {
                 results.remove(0);
                 Ok(results)
             }
             Err(fault) => {
-                if !conn.is_broken() {
+                if conn.is_usable() {
                     conn.rollback(&self.sql.rollback).await;
                 }
                 Err(fault)
@@ -111,7 +112,7 @@ impl PgStore {
         match conn.pipeline(&stmts).await {
             Ok(results) => Ok(results),
             Err(fault) => {
-                if !conn.is_broken() {
+                if conn.is_usable() {
                     conn.rollback(&self.sql.rollback).await;
                 }
                 Err(fault)
@@ -122,7 +123,11 @@ impl PgStore {
     /// Commit. A lost reply becomes [`StoreFault::CommitOutcomeUnknown`]
     /// carrying `xid` when the transaction learned it.
     pub(crate) async fn commit(&self, conn: &mut PgConn, xid: Option<u64>) -> Result<(), StoreFault> {
-        match conn.pipeline(&[Stmt::new(&self.sql.commit)]).await {
+        let outcome = conn.pipeline(&[Stmt::new(&self.sql.commit)]).await;
+        // Committed, rolled back by the server, or the connection is gone:
+        // in every case no transaction stays open on it.
+        conn.set_in_transaction(false);
+        match outcome {
             Ok(_) => Ok(()),
             Err(fault @ (StoreFault::Sql { .. } | StoreFault::Client { .. })) => Err(fault),
             Err(other) => Err(StoreFault::CommitOutcomeUnknown {

@@ -1,0 +1,70 @@
+//! A provider call whose future is dropped mid-way (the runtime drops fetch
+//! futures at shutdown) must not leave a transaction open on a pooled
+//! connection: its locks would block other work until the connection was
+//! reaped. Found by the end-to-end cancellation test, which took 330 s to
+//! drop its schema before the fix.
+
+use duropg_tests::{admin, database_url, TestSchema};
+use duroxide::providers::{Provider, WorkItem};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_calls_leave_no_transaction_open() {
+    let schema = TestSchema::new("cancel_safety");
+    let app = format!("duropg_{}", schema.name());
+    let url = format!("{}?application_name={app}", database_url());
+    let provider = duropg::PgProvider::builder(&url)
+        .schema(schema.name())
+        .pool_size(2)
+        .build()
+        .await
+        .unwrap();
+    for i in 0..40 {
+        let start = WorkItem::StartOrchestration {
+            instance: format!("i{i}"),
+            orchestration: "O".into(),
+            input: "{}".into(),
+            version: None,
+            parent_instance: None,
+            parent_id: None,
+            parent_execution_id: None,
+            execution_id: 1,
+        };
+        provider.enqueue_for_orchestrator(start, None).await.unwrap();
+    }
+    let c = admin().await;
+    let open_transactions = || async {
+        let row = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'",
+                &[&app],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    let (mut cut_short, mut left_open) = (0, 0);
+    for i in 0..150u64 {
+        // Cancel at every point of the call: before, during and after its statements.
+        let fetch = provider.fetch_orchestration_item(Duration::from_secs(30), Duration::ZERO, None);
+        if tokio::time::timeout(Duration::from_micros(i * 20), fetch)
+            .await
+            .is_err()
+        {
+            cut_short += 1;
+            // Nothing else uses the pool now: a transaction left open stays visible.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            left_open += open_transactions().await;
+        }
+    }
+    assert!(cut_short > 0, "some calls must have been cancelled");
+    assert_eq!(left_open, 0, "dropped calls left transactions open");
+    // And the schema can be dropped at once: nothing holds its locks.
+    c.batch_execute("SET lock_timeout = '2s'").await.unwrap();
+    c.batch_execute(&format!(
+        "BEGIN; LOCK TABLE \"{s}\".instance_locks, \"{s}\".orchestrator_queue IN ACCESS EXCLUSIVE MODE; ROLLBACK",
+        s = schema.name()
+    ))
+    .await
+    .expect("no open transaction may hold locks on the schema");
+}
