@@ -61,6 +61,9 @@ pub struct ClaimedInstance {
     pub history: Vec<StoredEvent>,
     /// The materialized KV store of the instance.
     pub kv: Vec<RawKv>,
+    /// A row the store could not even read into these fields (a column of the
+    /// wrong type or NULL where a value belongs): delivered as `history_error`.
+    pub unreadable: Option<StoreFault>,
 }
 
 /// What to do with a claimed batch.
@@ -165,11 +168,13 @@ pub fn decide(batch: ClaimedInstance) -> FetchDecision {
         }),
         _ => None,
     };
-    // The first corrupted row, queue or history, ends up as history_error.
-    let corrupt = corrupt_message.or_else(|| match &history {
-        Some((_, Err(fault))) => Some(fault.clone()),
-        _ => None,
-    });
+    // The first corrupted row, queue, history or other, ends up as history_error.
+    let corrupt = corrupt_message
+        .or_else(|| batch.unreadable.clone())
+        .or_else(|| match &history {
+            Some((_, Err(fault))) => Some(fault.clone()),
+            _ => None,
+        });
     let identity = match (
         identity(&batch.instance, batch.row.as_ref(), stored, &messages),
         &corrupt,
@@ -282,6 +287,7 @@ mod tests {
             row,
             history: vec![],
             kv: vec![],
+            unreadable: None,
         }
     }
 
@@ -390,6 +396,21 @@ mod tests {
         let err = item.history_error.expect("history_error must be set");
         assert!(err.contains("history") && err.contains("event 2"), "{err}");
         assert!(item.history.is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_kv_row_is_delivered_as_error() {
+        let mut b = batch(vec![msg(1, &raised(), 1)], row());
+        b.unreadable = Some(StoreFault::Decode {
+            table: "kv_store".into(),
+            key: "instance \"i\" key \"k\"".into(),
+            detail: "column 1: NULL".into(),
+        });
+        let FetchDecision::Deliver { item, .. } = decide(b) else {
+            panic!()
+        };
+        let err = item.history_error.unwrap();
+        assert!(err.contains("kv_store") && err.contains("\"k\""), "{err}");
     }
 
     #[test]

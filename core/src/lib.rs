@@ -18,10 +18,12 @@
 //! | [`fetch`] | what a claimed orchestrator batch becomes: delivered, deferred or dropped |
 //! | [`turn`] | what an orchestration turn (ack) writes, as a `#[must_use]` plan |
 //! | [`work`] | worker-queue filters (tags) and capability windows |
+//! | [`admin`] | what a delete may remove, what a prune removes |
 //! | [`fault`] | the one storage-fault classification table |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod codec;
 pub mod fault;
 pub mod fetch;

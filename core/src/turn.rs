@@ -9,6 +9,7 @@
 //! transaction otherwise. That guard is what makes an ack safe to rerun: a
 //! rerun after a commit whose reply was lost finds no lock and changes nothing.
 
+use crate::admin::TERMINAL_STATUSES;
 use crate::codec::{encode_event, EncodeError, HistoryRow};
 use crate::instance::{creation_from_metadata, InstanceUpsert};
 use crate::route::{
@@ -220,9 +221,6 @@ impl fmt::Display for TurnError {
         }
     }
 }
-
-/// Execution statuses after which the execution's KV delta is merged.
-const TERMINAL_STATUSES: [&str; 3] = ["Completed", "Failed", "ContinuedAsNew"];
 
 /// Plan an ack.
 ///

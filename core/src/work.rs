@@ -1,8 +1,10 @@
 //! Fetch filters: which worker-queue rows a tag filter admits, which executions
 //! a capability filter admits, and what a finished activity sends back.
 
-use crate::route::{orchestrator_row, Limits, OrchRow, RouteError};
+use crate::fault::StoreFault;
+use crate::route::{orchestrator_row, ActivityKey, Limits, OrchRow, RouteError};
 use duroxide::providers::{DispatcherCapabilityFilter, TagFilter, WorkItem};
+use duroxide::{ErrorDetails, PoisonMessageType};
 
 /// A tag filter as the store applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +126,28 @@ pub fn completion_row(completion: Option<&WorkItem>, limits: Limits) -> Result<O
     completion.map(|item| orchestrator_row(item, None, limits)).transpose()
 }
 
+/// What ends an activity whose worker-queue row cannot be read: its
+/// orchestration receives the activity as failed with a poison error naming
+/// the table and row, at once. (The runtime could not run an unreadable item,
+/// and retrying cannot make it readable.)
+pub fn unreadable_work_failure(key: &ActivityKey, attempt_count: u32, fault: &StoreFault) -> WorkItem {
+    WorkItem::ActivityFailed {
+        instance: key.instance.clone(),
+        execution_id: key.execution_id,
+        id: key.activity_id,
+        details: ErrorDetails::Poison {
+            attempt_count,
+            max_attempts: attempt_count,
+            message_type: PoisonMessageType::FailedDeserialization {
+                instance: key.instance.clone(),
+                execution_id: key.execution_id,
+                error: format!("permanent storage fault: {fault}"),
+            },
+            message: fault.to_string(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +206,30 @@ mod tests {
             "i"
         );
         assert_eq!(completion_row(None, Limits::default()).unwrap(), None);
+    }
+
+    #[test]
+    fn unreadable_work_fails_its_activity_naming_the_row() {
+        let key = ActivityKey {
+            instance: "i".into(),
+            execution_id: 2,
+            activity_id: 5,
+        };
+        let fault = StoreFault::Decode {
+            table: "worker_queue".into(),
+            key: "id 9".into(),
+            detail: "bad json".into(),
+        };
+        let WorkItem::ActivityFailed {
+            instance, id, details, ..
+        } = unreadable_work_failure(&key, 3, &fault)
+        else {
+            panic!()
+        };
+        assert_eq!((instance.as_str(), id), ("i", 5));
+        let text = details.display_message();
+        assert!(text.contains("worker_queue") && text.contains("id 9"), "{text}");
+        assert!(!details.is_retryable());
     }
 
     quickcheck! {

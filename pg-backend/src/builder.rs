@@ -232,7 +232,7 @@ impl PgProviderBuilder {
             .build_unchecked(manager.clone());
         // The connection that migrated is the pool's first.
         let _ = pool.add(first);
-        let store = PgStore::new(pool, manager, schema);
+        let store = PgStore::new(pool, manager, schema, self.engine.retry);
         Ok(Engine::new(store, self.engine, self.tokens))
     }
 }

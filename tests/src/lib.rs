@@ -137,45 +137,66 @@ impl Drop for TestSchema {
     }
 }
 
-/// duroxide's `ProviderFactory` for duropg: every provider it creates shares
-/// one fresh schema.
+/// duroxide's `ProviderFactory` for duropg. Like duroxide's own SQLite
+/// factory, every `create_provider` call gets an isolated store: a fresh
+/// schema. The test hooks act on every schema the factory created.
 pub struct PgFactory {
-    schema: TestSchema,
+    label: String,
+    schemas: std::sync::Mutex<Vec<TestSchema>>,
     long_poll: bool,
     lock_timeout: Duration,
 }
 
 impl PgFactory {
-    /// A factory on a fresh schema; long polling off (the suite's
-    /// short-poll expectations) unless `long_poll`.
+    /// A factory; long polling off (the suite's short-poll expectations)
+    /// unless `long_poll`.
     pub fn new(label: &str, long_poll: bool) -> Self {
         init_tracing();
         Self {
-            schema: TestSchema::new(label),
+            label: label.to_string(),
+            schemas: std::sync::Mutex::new(Vec::new()),
             long_poll,
             lock_timeout: Duration::from_secs(2),
         }
     }
 
-    /// The schema.
-    pub fn schema(&self) -> &TestSchema {
-        &self.schema
+    /// Names of the schemas created so far.
+    pub fn schema_names(&self) -> Vec<String> {
+        match self.schemas.lock() {
+            Ok(s) => s.iter().map(|t| t.name().to_string()).collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
-    /// A concrete provider.
+    /// A concrete provider on a fresh schema.
     pub async fn pg_provider(&self) -> PgProvider {
-        match self.schema.builder().long_poll(self.long_poll).build().await {
+        let schema = TestSchema::new(&self.label);
+        let provider = match schema.builder().long_poll(self.long_poll).build().await {
             Ok(p) => p,
             Err(e) => panic!("{}", no_postgres(&e.to_string())),
+        };
+        if let Ok(mut s) = self.schemas.lock() {
+            s.push(schema);
         }
+        provider
     }
 
-    async fn exec(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Vec<tokio_postgres::Row> {
+    /// Run `sql` (with `{schema}` replaced by each schema) on every schema.
+    async fn exec_all(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Vec<tokio_postgres::Row> {
         let client = admin().await;
-        match client.query(sql, params).await {
-            Ok(rows) => rows,
-            Err(e) => panic!("test hook query failed: {e}: {sql}"),
+        let mut rows = Vec::new();
+        for schema in self.schema_names() {
+            let text = sql.replace("{schema}", &format!("\"{schema}\""));
+            match client.query(&text, params).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => panic!("test hook query failed: {e}: {text}"),
+            }
         }
+        rows
     }
 }
 
@@ -195,20 +216,14 @@ impl ProviderFactory for PgFactory {
     }
 
     async fn corrupt_instance_history(&self, instance: &str) {
-        let sql = format!(
-            "UPDATE \"{}\".history SET event_data = '{{\"type\":\"EventFromTheFuture\",\"garbage\":' WHERE instance_id = $1",
-            self.schema.name()
-        );
-        self.exec(&sql, &[&instance]).await;
+        let sql = "UPDATE {schema}.history SET event_data = '{\"type\":\"EventFromTheFuture\",\"garbage\":' WHERE instance_id = $1";
+        self.exec_all(sql, &[&instance]).await;
     }
 
     async fn get_max_attempt_count(&self, instance: &str) -> u32 {
-        let sql = format!(
-            "SELECT COALESCE(max(attempt_count), 0) FROM \"{}\".orchestrator_queue WHERE instance_id = $1",
-            self.schema.name()
-        );
-        let rows = self.exec(&sql, &[&instance]).await;
-        let n: i32 = rows.first().map(|r| r.get(0)).unwrap_or(0);
+        let sql = "SELECT COALESCE(max(attempt_count), 0) FROM {schema}.orchestrator_queue WHERE instance_id = $1";
+        let rows = self.exec_all(sql, &[&instance]).await;
+        let n: i32 = rows.iter().map(|r| r.get::<_, i32>(0)).max().unwrap_or(0);
         u32::try_from(n).unwrap_or(0)
     }
 }
@@ -233,10 +248,27 @@ impl RuntimeHarness {
         activities: duroxide::runtime::registry::ActivityRegistry,
         orchestrations: duroxide::OrchestrationRegistry,
     ) -> Self {
+        Self::start_with(
+            label,
+            activities,
+            orchestrations,
+            duroxide::runtime::RuntimeOptions::default(),
+        )
+        .await
+    }
+
+    /// Start a runtime with these registries and options on a fresh schema.
+    pub async fn start_with(
+        label: &str,
+        activities: duroxide::runtime::registry::ActivityRegistry,
+        orchestrations: duroxide::OrchestrationRegistry,
+        options: duroxide::runtime::RuntimeOptions,
+    ) -> Self {
         init_tracing();
         let schema = TestSchema::new(label);
         let provider = Arc::new(schema.provider().await);
-        let runtime = duroxide::runtime::Runtime::start_with_store(provider.clone(), activities, orchestrations).await;
+        let runtime =
+            duroxide::runtime::Runtime::start_with_options(provider.clone(), activities, orchestrations, options).await;
         let client = duroxide::Client::new(provider.clone());
         Self {
             schema,
@@ -257,6 +289,24 @@ impl RuntimeHarness {
         if let Err(e) = self.client.start_orchestration(instance, name, input).await {
             panic!("start {instance}: {e:?}");
         }
+        match self.client.wait_for_orchestration(instance, timeout).await {
+            Ok(status) => status,
+            Err(e) => panic!("waiting for {instance}: {e:?}"),
+        }
+    }
+
+    /// Another runtime on the same provider (another "node").
+    pub async fn second_runtime(
+        &self,
+        activities: duroxide::runtime::registry::ActivityRegistry,
+        orchestrations: duroxide::OrchestrationRegistry,
+        options: duroxide::runtime::RuntimeOptions,
+    ) -> Arc<duroxide::runtime::Runtime> {
+        duroxide::runtime::Runtime::start_with_options(self.provider.clone(), activities, orchestrations, options).await
+    }
+
+    /// Wait (up to `timeout`) for an instance to end; panics on client errors.
+    pub async fn wait(&self, instance: &str, timeout: Duration) -> duroxide::OrchestrationStatus {
         match self.client.wait_for_orchestration(instance, timeout).await {
             Ok(status) => status,
             Err(e) => panic!("waiting for {instance}: {e:?}"),

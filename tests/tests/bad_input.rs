@@ -113,9 +113,9 @@ async fn invalid_url_does_not_echo_the_connection_string() {
     assert!(!text.contains("s3cret"), "{text}");
 }
 
-async fn queue_state(schema: &TestSchema) -> (i64, i64, i64) {
+async fn queue_state(schema: &str) -> (i64, i64, i64) {
     let c = admin().await;
-    let q = |table: &str| format!("SELECT count(*) FROM \"{}\".{table}", schema.name());
+    let q = |table: &str| format!("SELECT count(*) FROM \"{schema}\".{table}");
     let count = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, i64>(0);
     (
         count(c.query(&q("orchestrator_queue"), &[]).await.unwrap()),
@@ -128,6 +128,7 @@ async fn queue_state(schema: &TestSchema) -> (i64, i64, i64) {
 async fn invalid_lock_token_is_permanent_and_changes_nothing() {
     let factory = PgFactory::new("bad_token", false);
     let provider = factory.create_provider().await;
+    let schema_name = factory.schema_names().remove(0);
     provider
         .enqueue_for_orchestrator(
             WorkItem::StartOrchestration {
@@ -149,7 +150,7 @@ async fn invalid_lock_token_is_permanent_and_changes_nothing() {
         .await
         .unwrap()
         .expect("the start is fetched");
-    let before = queue_state(factory.schema()).await;
+    let before = queue_state(&schema_name).await;
     let metadata = ExecutionMetadata {
         orchestration_name: Some("O".into()),
         orchestration_version: Some("1.0.0".into()),
@@ -187,7 +188,7 @@ async fn invalid_lock_token_is_permanent_and_changes_nothing() {
     ] {
         assert!(!e.is_retryable(), "{e:?}");
     }
-    assert_eq!(queue_state(factory.schema()).await, before, "nothing may change");
+    assert_eq!(queue_state(&schema_name).await, before, "nothing may change");
     assert_eq!(before, (1, 1, 0), "one message, one live lock, no instance row");
 }
 
@@ -229,5 +230,5 @@ async fn oversized_and_malformed_items_are_refused_before_sql() {
             .contains("ActivityExecute does not belong on the orchestrator queue"),
         "{err:?}"
     );
-    assert_eq!(queue_state(&schema).await.0, 0);
+    assert_eq!(queue_state(schema.name()).await.0, 0);
 }

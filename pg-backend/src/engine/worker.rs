@@ -4,7 +4,7 @@ use super::{refuse, Engine, Queue};
 use crate::store::{Guarded, SessionClaim, Store, WorkClaim};
 use duropg_core::codec::{decode_history, decode_work_item};
 use duropg_core::route::{duration_ms, worker_row};
-use duropg_core::work::{completion_row, tag_predicate, TagPredicate};
+use duropg_core::work::{completion_row, tag_predicate, unreadable_work_failure, TagPredicate};
 use duroxide::providers::{ProviderError, SessionFetchConfig, TagFilter, WorkItem};
 use duroxide::{EventKind, SystemStats};
 use std::collections::HashMap;
@@ -39,24 +39,44 @@ impl<S: Store> Engine<S> {
             lock_timeout_ms: duration_ms(s.lock_timeout),
         });
         self.poll(Queue::Worker, poll_timeout, || {
-            self.claim_work(WorkClaim {
-                lock_token: self.tokens.lock_token(),
-                lock_timeout_ms,
-                tags: tags.clone(),
-                session: session.clone(),
-            })
+            self.claim_work(lock_timeout_ms, &tags, session.as_ref())
         })
         .await
     }
 
-    async fn claim_work(&self, claim: WorkClaim) -> Result<Option<FetchedWork>, ProviderError> {
+    /// Claim activities until one is readable; an unreadable one is failed
+    /// (see `unreadable_work_failure`) and the next is claimed, bounded.
+    async fn claim_work(
+        &self,
+        lock_timeout_ms: u64,
+        tags: &TagPredicate,
+        session: Option<&SessionClaim>,
+    ) -> Result<Option<FetchedWork>, ProviderError> {
         const OP: &str = "fetch_work_item";
-        let Some(work) = self.call(OP, || self.store.claim_work_item(&claim)).await? else {
-            return Ok(None);
-        };
-        let item = decode_work_item("worker_queue", &format!("id {}", work.id), &work.payload)
-            .map_err(|fault| self.fault_error(OP, &fault))?;
-        Ok(Some((item, claim.lock_token, work.attempt_count)))
+        for _ in 0..self.config.max_claims_per_fetch.max(1) {
+            let claim = WorkClaim {
+                lock_token: self.tokens.lock_token(),
+                lock_timeout_ms,
+                tags: tags.clone(),
+                session: session.cloned(),
+            };
+            let Some(work) = self.call(OP, || self.store.claim_work_item(&claim)).await? else {
+                return Ok(None);
+            };
+            let row = format!(
+                "id {} for activity {} of instance {:?}",
+                work.id, work.key.activity_id, work.key.instance
+            );
+            match decode_work_item("worker_queue", &row, &work.payload) {
+                Ok(item) => return Ok(Some((item, claim.lock_token, work.attempt_count))),
+                Err(fault) => {
+                    tracing::error!(%fault, "failing an activity whose worker_queue row cannot be read");
+                    let failure = unreadable_work_failure(&work.key, work.attempt_count, &fault);
+                    self.ack_work(&claim.lock_token, Some(failure)).await?;
+                }
+            }
+        }
+        Ok(None)
     }
 
     pub(crate) async fn ack_work(&self, lock_token: &str, completion: Option<WorkItem>) -> Result<(), ProviderError> {

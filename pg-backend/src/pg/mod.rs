@@ -4,6 +4,7 @@
 //! one pooled connection and runs one transaction (or one statement), sending
 //! its statements pipelined where they do not depend on each other.
 
+mod admin;
 mod conn;
 pub mod error;
 pub mod migrate;
@@ -15,6 +16,7 @@ mod worker;
 
 pub use conn::{describe_target, plain_connector, ConnectError, ConnectionManager, Connector, PgConn, Stmt};
 
+use crate::retry::RetryPolicy;
 use crate::store::{
     ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, Signals, Store, WorkClaim,
 };
@@ -40,6 +42,7 @@ pub struct PgStore {
     schema: SchemaName,
     signals: Signals,
     claim_lock_class: i32,
+    retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -53,7 +56,7 @@ impl std::fmt::Debug for PgStore {
 
 impl PgStore {
     /// A store over an existing pool.
-    pub(crate) fn new(pool: Pool, manager: ConnectionManager, schema: SchemaName) -> Self {
+    pub(crate) fn new(pool: Pool, manager: ConnectionManager, schema: SchemaName, retry: RetryPolicy) -> Self {
         let class = migrate::stable_hash(&format!("duropg.claim.{schema}"));
         Self {
             pool,
@@ -62,6 +65,7 @@ impl PgStore {
             claim_lock_class: class as u32 as i32,
             schema,
             signals: Signals::default(),
+            retry,
         }
     }
 
@@ -160,6 +164,10 @@ impl Store for PgStore {
 
     fn signals(&self) -> &Signals {
         &self.signals
+    }
+
+    fn admin(&self) -> Option<&dyn duroxide::providers::ProviderAdmin> {
+        Some(self)
     }
 
     async fn enqueue_orchestrator(&self, row: &OrchRow) -> Result<(), StoreFault> {

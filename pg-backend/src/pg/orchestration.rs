@@ -244,16 +244,12 @@ fn claimed_batch(
         })
         .transpose()?;
     let (history_execution_id, history) = latest_history(&results[2], instance)?;
-    let kv = results[3]
-        .iter()
-        .map(|r| {
-            Ok(RawKv {
-                key: col(r, 0, "kv_store", &key)?,
-                value: col(r, 1, "kv_store", &key)?,
-                last_updated_at_ms: uint(col(r, 2, "kv_store", &key)?),
-            })
-        })
-        .collect::<Result<Vec<_>, StoreFault>>()?;
+    // A KV row that cannot be read must not silently shrink the snapshot:
+    // it is delivered as the batch's error instead.
+    let (kv, unreadable) = match kv_rows(&results[3], instance) {
+        Ok(kv) => (kv, None),
+        Err(fault) => (Vec::new(), Some(fault)),
+    };
     Ok(ClaimedInstance {
         instance: instance.to_string(),
         lock_token: lock_token.to_string(),
@@ -263,5 +259,22 @@ fn claimed_batch(
         history_execution_id,
         history,
         kv,
+        unreadable,
     })
+}
+
+fn kv_rows(rows: &[Row], instance: &str) -> Result<Vec<RawKv>, StoreFault> {
+    rows.iter()
+        .map(|r| {
+            let key = || {
+                let k: Option<String> = r.try_get(0).ok();
+                format!("instance {instance:?} key {:?}", k.unwrap_or_default())
+            };
+            Ok(RawKv {
+                key: col(r, 0, "kv_store", &key)?,
+                value: col(r, 1, "kv_store", &key)?,
+                last_updated_at_ms: uint(col(r, 2, "kv_store", &key)?),
+            })
+        })
+        .collect()
 }

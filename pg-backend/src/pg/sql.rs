@@ -317,6 +317,122 @@ statements! {
           AND NOT EXISTS (SELECT 1 FROM {s}.worker_queue q WHERE q.session_id = s.session_id)
         RETURNING session_id";
 
+    // ---- management ---------------------------------------------------------
+
+    /// Every instance, newest first.
+    list_instances = "SELECT instance_id FROM {s}.instances ORDER BY created_at_ms DESC, instance_id";
+
+    /// Instances whose current execution has a status.
+    list_instances_by_status = "SELECT i.instance_id FROM {s}.instances i
+        JOIN {s}.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+        WHERE e.status = $1
+        ORDER BY i.created_at_ms DESC, i.instance_id";
+
+    /// Execution ids of an instance.
+    list_executions = "SELECT execution_id FROM {s}.executions WHERE instance_id = $1 ORDER BY execution_id";
+
+    /// Highest execution id (NULL: none).
+    latest_execution = "SELECT max(execution_id) FROM {s}.executions WHERE instance_id = $1";
+
+    /// Instance row with its current execution's status and output.
+    instance_info = "SELECT i.instance_id, i.orchestration_name, i.orchestration_version, i.current_execution_id,
+            i.created_at_ms, i.updated_at_ms, i.parent_instance_id, e.status, e.output
+        FROM {s}.instances i
+        LEFT JOIN {s}.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+        WHERE i.instance_id = $1";
+
+    /// One execution with its event count.
+    execution_info = "SELECT e.execution_id, e.status, e.output, e.started_at_ms, e.completed_at_ms,
+            (SELECT count(*) FROM {s}.history h WHERE h.instance_id = e.instance_id AND h.execution_id = e.execution_id)
+        FROM {s}.executions e WHERE e.instance_id = $1 AND e.execution_id = $2";
+
+    /// System-wide counts.
+    system_metrics = "SELECT
+            (SELECT count(*) FROM {s}.instances),
+            (SELECT count(*) FROM {s}.executions),
+            count(*) FILTER (WHERE e.status = 'Running'),
+            count(*) FILTER (WHERE e.status = 'Completed'),
+            count(*) FILTER (WHERE e.status = 'Failed'),
+            (SELECT count(*) FROM {s}.history)
+        FROM {s}.instances i
+        JOIN {s}.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id";
+
+    /// Messages not held by a live lock, per queue.
+    queue_depths = "SELECT
+            (SELECT count(*) FROM {s}.orchestrator_queue q WHERE NOT EXISTS (
+                SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until_ms > {now})),
+            (SELECT count(*) FROM {s}.worker_queue w WHERE w.lock_token IS NULL OR w.locked_until_ms <= {now})";
+
+    /// Direct children.
+    list_children = "SELECT instance_id FROM {s}.instances WHERE parent_instance_id = $1 ORDER BY instance_id";
+
+    /// Parent of an instance (no row: no such instance).
+    parent_of = "SELECT parent_instance_id FROM {s}.instances WHERE instance_id = $1";
+
+    /// The whole tree under an instance, root first.
+    instance_tree = "WITH RECURSIVE tree(instance_id, depth) AS (
+            SELECT instance_id, 0 FROM {s}.instances WHERE instance_id = $1
+            UNION
+            SELECT c.instance_id, t.depth + 1 FROM {s}.instances c JOIN tree t ON c.parent_instance_id = t.instance_id
+        )
+        SELECT instance_id FROM tree ORDER BY depth, instance_id";
+
+    /// Lock the rows of instances about to be deleted and read their status.
+    lock_for_delete = "SELECT i.instance_id, e.status
+        FROM {s}.instances i
+        LEFT JOIN {s}.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+        WHERE i.instance_id = ANY($1::text[])
+        ORDER BY i.instance_id
+        FOR UPDATE OF i";
+
+    /// Children of the deleted set (for the orphan check).
+    children_of_set = "SELECT instance_id, parent_instance_id FROM {s}.instances
+        WHERE parent_instance_id = ANY($1::text[])";
+
+    /// Delete everything of a set of instances, returning what was removed.
+    delete_instances = "WITH h AS (DELETE FROM {s}.history WHERE instance_id = ANY($1::text[]) RETURNING 1),
+            e AS (DELETE FROM {s}.executions WHERE instance_id = ANY($1::text[]) RETURNING 1),
+            oq AS (DELETE FROM {s}.orchestrator_queue WHERE instance_id = ANY($1::text[]) RETURNING 1),
+            wq AS (DELETE FROM {s}.worker_queue WHERE instance_id = ANY($1::text[]) RETURNING 1),
+            l AS (DELETE FROM {s}.instance_locks WHERE instance_id = ANY($1::text[]) RETURNING 1),
+            ks AS (DELETE FROM {s}.kv_store WHERE instance_id = ANY($1::text[]) RETURNING 1),
+            kd AS (DELETE FROM {s}.kv_delta WHERE instance_id = ANY($1::text[]) RETURNING 1),
+            i AS (DELETE FROM {s}.instances WHERE instance_id = ANY($1::text[]) RETURNING 1)
+        SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM e), (SELECT count(*) FROM h),
+            (SELECT count(*) FROM oq) + (SELECT count(*) FROM wq)";
+
+    /// Root instances whose current execution ended, filtered ($1 ids or null,
+    /// $2 completed before or null), at most $3.
+    bulk_delete_roots = "SELECT i.instance_id FROM {s}.instances i
+        JOIN {s}.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+        WHERE i.parent_instance_id IS NULL
+          AND e.status IN ('Completed', 'Failed', 'ContinuedAsNew')
+          AND ($1::text[] IS NULL OR i.instance_id = ANY($1::text[]))
+          AND ($2::bigint IS NULL OR e.completed_at_ms < $2::bigint)
+        ORDER BY i.instance_id
+        LIMIT $3";
+
+    /// Instances for a bulk prune ($1 ids or null, $2 completed before or null), at most $3.
+    bulk_prune_instances = "SELECT i.instance_id FROM {s}.instances i
+        LEFT JOIN {s}.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+        WHERE ($1::text[] IS NULL OR i.instance_id = ANY($1::text[]))
+          AND ($2::bigint IS NULL OR e.completed_at_ms < $2::bigint)
+        ORDER BY i.instance_id
+        LIMIT $3";
+
+    /// Lock an instance for a prune and read its current execution.
+    lock_for_prune = "SELECT current_execution_id FROM {s}.instances WHERE instance_id = $1 FOR UPDATE";
+
+    /// Executions of an instance as a prune sees them.
+    prune_candidates = "SELECT execution_id, status, completed_at_ms FROM {s}.executions
+        WHERE instance_id = $1 ORDER BY execution_id";
+
+    /// Delete executions and their history.
+    prune_executions = "WITH h AS (
+            DELETE FROM {s}.history WHERE instance_id = $1 AND execution_id = ANY($2::bigint[]) RETURNING 1),
+        e AS (DELETE FROM {s}.executions WHERE instance_id = $1 AND execution_id = ANY($2::bigint[]) RETURNING 1)
+        SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM h)";
+
     // ---- read side ---------------------------------------------------------
 
     /// Custom status above a version.
