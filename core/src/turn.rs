@@ -150,18 +150,14 @@ pub enum TurnOp {
         /// When the runtime wrote it.
         at_ms: u64,
     },
-    /// Record a KV removal (tombstone) in the delta.
+    /// Record a KV removal (tombstone) in the delta, stamped by the store clock.
     KvClear {
         /// Key.
         key: String,
-        /// When.
-        at_ms: u64,
     },
-    /// Tombstone every key, in the delta and in the materialized store.
-    KvClearAll {
-        /// When.
-        at_ms: u64,
-    },
+    /// Tombstone every key, in the delta and in the materialized store,
+    /// stamped by the store clock.
+    KvClearAll,
     /// The execution ended: merge the delta into the store and clear it.
     KvMergeDelta,
     /// Enqueue activities.
@@ -222,13 +218,30 @@ impl fmt::Display for TurnError {
     }
 }
 
+/// What the engine knows about the lock when it plans an ack.
+#[derive(Debug, Clone, Copy)]
+pub enum LockView<'a> {
+    /// The store was asked just now (`None`: no such token).
+    Read(Option<&'a LockRead>),
+    /// This process fetched the item under this token and remembers which
+    /// instance it locks; whether the lease still holds is left to the
+    /// plan's guard, which the store judges at write time.
+    Remembered {
+        /// The instance the token locks.
+        instance: &'a str,
+    },
+}
+
 /// Plan an ack.
 ///
 /// # Errors
-/// [`TurnError::Lock`] if the read shows the token unusable, and
+/// [`TurnError::Lock`] if a read shows the token unusable, and
 /// [`TurnError::Route`] / [`TurnError::Encode`] for bad items or events.
-pub fn plan_ack(token: &str, lock: Option<&LockRead>, input: AckInput, limits: Limits) -> Result<TurnPlan, TurnError> {
-    let lock = check_lock(token, lock).map_err(TurnError::Lock)?;
+pub fn plan_ack(token: &str, lock: LockView<'_>, input: AckInput, limits: Limits) -> Result<TurnPlan, TurnError> {
+    let instance = match lock {
+        LockView::Read(read) => check_lock(token, read).map_err(TurnError::Lock)?.instance.as_str(),
+        LockView::Remembered { instance } => instance,
+    };
     let exec = input.execution_id;
     let mut ops = vec![TurnOp::ReleaseLock, TurnOp::DeleteLockedMessages];
     if let Some(upsert) = creation_from_metadata(&input.metadata, exec) {
@@ -242,7 +255,7 @@ pub fn plan_ack(token: &str, lock: Option<&LockRead>, input: AckInput, limits: L
         });
     }
     ops.push(TurnOp::AdvanceCurrentExecution { execution_id: exec });
-    ops.extend(history_ops(exec, &input.history_delta, lock.now_ms, limits)?);
+    ops.extend(history_ops(exec, &input.history_delta, limits)?);
     if let Some(status) = &input.metadata.status {
         ops.push(TurnOp::SetExecutionStatus {
             execution_id: exec,
@@ -256,13 +269,13 @@ pub fn plan_ack(token: &str, lock: Option<&LockRead>, input: AckInput, limits: L
     ops.extend(queue_ops(&input, limits)?);
     Ok(TurnPlan {
         lock_token: token.to_string(),
-        instance: lock.instance.clone(),
+        instance: instance.to_string(),
         ops,
     })
 }
 
 /// History append, custom status and KV writes derived from the delta.
-fn history_ops(exec: u64, delta: &[Event], now_ms: u64, limits: Limits) -> Result<Vec<TurnOp>, TurnError> {
+fn history_ops(exec: u64, delta: &[Event], limits: Limits) -> Result<Vec<TurnOp>, TurnError> {
     let mut ops = Vec::new();
     if delta.is_empty() {
         return Ok(ops);
@@ -302,11 +315,8 @@ fn history_ops(exec: u64, delta: &[Event], now_ms: u64, limits: Limits) -> Resul
                 value: value.clone(),
                 at_ms: *last_updated_at_ms,
             }),
-            EventKind::KeyValueCleared { key } => ops.push(TurnOp::KvClear {
-                key: key.clone(),
-                at_ms: now_ms,
-            }),
-            EventKind::KeyValuesCleared => ops.push(TurnOp::KvClearAll { at_ms: now_ms }),
+            EventKind::KeyValueCleared { key } => ops.push(TurnOp::KvClear { key: key.clone() }),
+            EventKind::KeyValuesCleared => ops.push(TurnOp::KvClearAll),
             _ => {}
         }
     }
@@ -395,20 +405,20 @@ mod tests {
     #[test]
     fn unknown_and_expired_tokens_are_rejected() {
         assert!(matches!(
-            plan_ack("t", None, input(), Limits::default()),
+            plan_ack("t", LockView::Read(None), input(), Limits::default()),
             Err(TurnError::Lock(LockRejection::UnknownToken { .. }))
         ));
         let expired = LockRead {
             now_ms: 2_500,
             ..lock()
         };
-        let err = plan_ack("t", Some(&expired), input(), Limits::default()).unwrap_err();
+        let err = plan_ack("t", LockView::Read(Some(&expired)), input(), Limits::default()).unwrap_err();
         assert!(err.to_string().contains("expired 500 ms ago"), "{err}");
     }
 
     #[test]
     fn guard_first_then_messages() {
-        let plan = plan_ack("t", Some(&lock()), input(), Limits::default()).unwrap();
+        let plan = plan_ack("t", LockView::Read(Some(&lock())), input(), Limits::default()).unwrap();
         assert_eq!(plan.ops[0], TurnOp::ReleaseLock);
         assert_eq!(plan.ops[1], TurnOp::DeleteLockedMessages);
         assert!(!plan.ops.iter().any(|o| matches!(o, TurnOp::UpsertInstance(_))));
@@ -427,7 +437,7 @@ mod tests {
             parent_execution_id: None,
             execution_id: 1,
         }];
-        let plan = plan_ack("t", Some(&lock()), inp, Limits::default()).unwrap();
+        let plan = plan_ack("t", LockView::Read(Some(&lock())), inp, Limits::default()).unwrap();
         assert!(!plan.ops.iter().any(|o| matches!(o, TurnOp::UpsertInstance(_))));
         assert!(plan
             .ops
@@ -444,7 +454,7 @@ mod tests {
             execution_id: 1,
             activity_id: 2,
         }];
-        let plan = plan_ack("t", Some(&lock()), inp, Limits::default()).unwrap();
+        let plan = plan_ack("t", LockView::Read(Some(&lock())), inp, Limits::default()).unwrap();
         let enq: Vec<u64> = plan
             .ops
             .iter()
@@ -483,7 +493,7 @@ mod tests {
             ev(5, EventKind::CustomStatusUpdated { status: None }),
         ];
         inp.metadata.status = Some("Completed".into());
-        let plan = plan_ack("t", Some(&lock()), inp, Limits::default()).unwrap();
+        let plan = plan_ack("t", LockView::Read(Some(&lock())), inp, Limits::default()).unwrap();
         assert!(plan.ops.contains(&TurnOp::SetCustomStatus { value: None }));
         let kv: Vec<&TurnOp> = plan
             .ops
@@ -491,13 +501,13 @@ mod tests {
             .filter(|o| {
                 matches!(
                     o,
-                    TurnOp::KvSet { .. } | TurnOp::KvClearAll { .. } | TurnOp::KvMergeDelta
+                    TurnOp::KvSet { .. } | TurnOp::KvClearAll | TurnOp::KvMergeDelta
                 )
             })
             .collect();
         assert_eq!(kv.len(), 3);
         assert!(matches!(kv[0], TurnOp::KvSet { at_ms: 7, .. }));
-        assert!(matches!(kv[1], TurnOp::KvClearAll { at_ms: 1_000 }));
+        assert!(matches!(kv[1], TurnOp::KvClearAll));
         assert!(matches!(kv[2], TurnOp::KvMergeDelta));
     }
 
@@ -509,7 +519,7 @@ mod tests {
             inp.metadata.orchestration_name = name.clone();
             inp.metadata.orchestration_version = version.clone();
             inp.metadata.status = status.map(|b| if b { "Completed".into() } else { "Running".into() });
-            let plan = plan_ack("t", Some(&lock()), inp, Limits::default()).unwrap();
+            let plan = plan_ack("t", LockView::Read(Some(&lock())), inp, Limits::default()).unwrap();
             let upserts = plan.ops.iter().filter(|o| matches!(o, TurnOp::UpsertInstance(_))).count();
             plan.ops[0] == TurnOp::ReleaseLock
                 && plan.ops.iter().filter(|o| **o == TurnOp::ReleaseLock).count() == 1

@@ -59,6 +59,8 @@ CREATE TABLE {s}.orchestrator_queue (
 );
 CREATE INDEX orchestrator_queue_instance_idx ON {s}.orchestrator_queue (instance_id, visible_at_ms);
 CREATE INDEX orchestrator_queue_token_idx ON {s}.orchestrator_queue (lock_token) WHERE lock_token IS NOT NULL;
+-- When does the next delayed message (a timer) become visible?
+CREATE INDEX orchestrator_queue_visible_idx ON {s}.orchestrator_queue (visible_at_ms);
 
 -- One lease per instance being processed.
 CREATE TABLE {s}.instance_locks (
@@ -85,6 +87,7 @@ CREATE TABLE {s}.worker_queue (
 );
 CREATE INDEX worker_queue_activity_idx ON {s}.worker_queue (instance_id, execution_id, activity_id);
 CREATE INDEX worker_queue_session_idx ON {s}.worker_queue (session_id) WHERE session_id IS NOT NULL;
+CREATE INDEX worker_queue_visible_idx ON {s}.worker_queue (visible_at_ms);
 
 -- Session affinity: which owner holds a session, until when.
 CREATE TABLE {s}.sessions (

@@ -28,7 +28,9 @@ use duropg_core::route::{ActivityKey, OrchRow, WorkerRow};
 use duropg_core::turn::{LockRead, TurnPlan};
 use duropg_core::work::{TagPredicate, VersionWindow};
 use duropg_core::StoreFault;
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 /// Claim the next available instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,36 +135,80 @@ pub struct RawStats {
     pub kv_value_bytes: u64,
 }
 
-/// Wake-up signals for idle fetchers: a counter per queue that is bumped
-/// whenever new work may have become visible. The engine bumps them for its
-/// own writes; a store may bump them for writes by other processes (Postgres
-/// `LISTEN`/`NOTIFY`).
-#[derive(Debug)]
-pub struct Signals {
-    /// Orchestrator queue.
-    pub orchestrator: watch::Sender<u64>,
-    /// Worker queue.
-    pub worker: watch::Sender<u64>,
+/// The two queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// Orchestration messages.
+    Orchestrator,
+    /// Activities.
+    Worker,
 }
 
-impl Default for Signals {
-    fn default() -> Self {
-        Self {
-            orchestrator: watch::channel(0).0,
-            worker: watch::channel(0).0,
+/// Wake-ups for idle fetchers of one queue. Each `wake(n)` wakes up to `n`
+/// waiting fetchers (one per item made visible), not all of them, so a
+/// single new item does not send every idle dispatcher to the database.
+#[derive(Debug, Default)]
+pub struct Signal {
+    notify: Notify,
+    epoch: AtomicU64,
+}
+
+impl Signal {
+    /// Wake up to `n` waiters (at most 64 per call).
+    pub fn wake(&self, n: usize) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for _ in 0..n.min(64) {
+            self.notify.notify_one();
         }
     }
+
+    /// How many wake-ups there have been: if it has not changed since a look
+    /// found the queue empty (and wake-ups cover every writer), it still is.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// A future completed by a later `wake`; enable it before looking for
+    /// work so that a wake-up during the look is not lost.
+    pub fn notified(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+/// Wake-up signals for idle fetchers. The engine wakes them for its own
+/// writes; a store may wake them for writes it learns about from other
+/// processes (Postgres `LISTEN`/`NOTIFY`), and says whether it does.
+#[derive(Debug, Default)]
+pub struct Signals {
+    orchestrator: Signal,
+    worker: Signal,
+    cross_process: AtomicBool,
 }
 
 impl Signals {
-    /// Announce possible new orchestrator work.
-    pub fn bump_orchestrator(&self) {
-        self.orchestrator.send_modify(|n| *n = n.wrapping_add(1));
+    /// The signal of one queue.
+    pub fn queue(&self, queue: QueueKind) -> &Signal {
+        match queue {
+            QueueKind::Orchestrator => &self.orchestrator,
+            QueueKind::Worker => &self.worker,
+        }
     }
 
-    /// Announce possible new worker work.
-    pub fn bump_worker(&self) {
-        self.worker.send_modify(|n| *n = n.wrapping_add(1));
+    /// Announce `n` items made visible in `queue`.
+    pub fn wake(&self, queue: QueueKind, n: usize) {
+        if n > 0 {
+            self.queue(queue).wake(n);
+        }
+    }
+
+    /// Whether writes by other processes wake fetchers too (a live `LISTEN`).
+    pub fn cross_process(&self) -> bool {
+        self.cross_process.load(Ordering::Relaxed)
+    }
+
+    /// Record whether writes by other processes wake fetchers.
+    pub fn set_cross_process(&self, live: bool) {
+        self.cross_process.store(live, Ordering::Relaxed);
     }
 }
 
@@ -273,4 +319,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// What became of transaction `xid`.
     async fn commit_status(&self, xid: u64) -> Result<CommitStatus, StoreFault>;
+
+    /// After a claim on `queue` found nothing: how long until the next
+    /// message there becomes visible, if the store knows (it lets an idle
+    /// fetcher sleep until a timer is due rather than poll). The default
+    /// knows nothing.
+    fn next_visible_in_ms(&self, _queue: QueueKind) -> Option<u64> {
+        None
+    }
 }

@@ -26,7 +26,7 @@ mod provider;
 mod worker;
 
 use crate::retry::RetryPolicy;
-use crate::store::{CommitStatus, Guarded, Store};
+use crate::store::{CommitStatus, Guarded, QueueKind, Store};
 use duropg_core::fault::{classify, provider_error, Classifier};
 use duropg_core::route::Limits;
 use duropg_core::StoreFault;
@@ -35,7 +35,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Where lock tokens come from. Randomness is an input: production uses
@@ -61,9 +60,12 @@ pub struct PollConfig {
     /// Wait up to the runtime's `poll_timeout` for work (long polling). When
     /// false, a fetch that finds nothing returns at once.
     pub long_poll: bool,
-    /// While waiting, look again at least this often even without a wake-up
-    /// signal (work written by processes that do not signal).
+    /// While waiting without cross-process wake-ups (no live `LISTEN`), look
+    /// again this often: other processes' writes are only seen by looking.
     pub fallback_interval_ms: u64,
+    /// While waiting with cross-process wake-ups, look again this often
+    /// anyway, as a safety net for a notification lost in a reconnect.
+    pub notified_recheck_ms: u64,
     /// Never wait longer than this in one fetch, whatever the runtime asks.
     pub max_wait_ms: u64,
 }
@@ -73,6 +75,7 @@ impl Default for PollConfig {
         Self {
             long_poll: true,
             fallback_interval_ms: 50,
+            notified_recheck_ms: 1_000,
             max_wait_ms: 30_000,
         }
     }
@@ -103,16 +106,15 @@ impl Default for EngineConfig {
     }
 }
 
-/// Which queue a fetch waits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Queue {
-    Orchestrator,
-    Worker,
-}
-
 /// Lock tokens whose write's outcome could not be resolved, with the
 /// transaction id to ask about when the runtime retries. Bounded.
 const MAX_UNRESOLVED: usize = 1024;
+
+/// Leases this process handed out and has not yet acked or abandoned,
+/// token → instance, so an ack needs no read to learn its instance. Bounded:
+/// a token forgotten (or never seen, e.g. handed to another process) costs
+/// one read, nothing else.
+const MAX_REMEMBERED: usize = 16_384;
 
 /// duroxide's `Provider` over a [`Store`]. See the module docs for the contract.
 pub struct Engine<S: Store> {
@@ -121,6 +123,18 @@ pub struct Engine<S: Store> {
     tokens: Arc<dyn TokenSource>,
     classify: Classifier,
     unresolved: Mutex<HashMap<String, u64>>,
+    leases: Mutex<HashMap<String, String>>,
+    empty: Mutex<HashMap<String, EmptyMark>>,
+}
+
+/// A look that found a queue empty (for one kind of claim): while no wake-up
+/// has come since, the re-check interval has not passed and no delayed
+/// message is due, looking again would find it empty again.
+#[derive(Debug, Clone, Copy)]
+struct EmptyMark {
+    epoch: u64,
+    seen_at: Instant,
+    due_at: Option<Instant>,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -141,6 +155,8 @@ impl<S: Store> Engine<S> {
             tokens,
             classify,
             unresolved: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
+            empty: Mutex::new(HashMap::new()),
         }
     }
 
@@ -230,6 +246,28 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// Remember which instance a lease we handed out locks.
+    fn remember_lease(&self, lock_token: &str, instance: &str) {
+        if let Ok(mut map) = self.leases.lock() {
+            if map.len() >= MAX_REMEMBERED {
+                map.clear();
+            }
+            map.insert(lock_token.to_string(), instance.to_string());
+        }
+    }
+
+    /// The instance a lease we handed out locks, if remembered.
+    fn remembered_lease(&self, lock_token: &str) -> Option<String> {
+        self.leases.lock().ok().and_then(|m| m.get(lock_token).cloned())
+    }
+
+    /// Forget a lease once acked or abandoned.
+    fn forget_lease(&self, lock_token: &str) {
+        if let Ok(mut map) = self.leases.lock() {
+            map.remove(lock_token);
+        }
+    }
+
     /// Ask the store what became of `xid`, waiting (bounded) while it is in progress.
     async fn commit_status(&self, operation: &'static str, xid: u64) -> CommitStatus {
         let started = Instant::now();
@@ -270,11 +308,43 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// Try `attempt` until it yields something or the poll window ends,
-    /// waking early when the queue's signal fires.
+    /// Whether a look for `claim_key` on `queue` is known to find nothing:
+    /// only when wake-ups cover every writer (a live cross-process listener).
+    fn known_empty(&self, queue: QueueKind, claim_key: &str, epoch: u64) -> bool {
+        if !self.store.signals().cross_process() {
+            return false;
+        }
+        let recheck = Duration::from_millis(self.config.poll.notified_recheck_ms);
+        let now = Instant::now();
+        let marks = self.empty.lock().ok();
+        let mark = marks
+            .as_ref()
+            .and_then(|m| m.get(&empty_key(queue, claim_key)).copied());
+        mark.is_some_and(|m| m.epoch == epoch && now < m.seen_at + recheck && m.due_at.is_none_or(|due| now < due))
+    }
+
+    fn note_empty(&self, queue: QueueKind, claim_key: &str, epoch: u64, seen_at: Instant) {
+        let due_at = self
+            .store
+            .next_visible_in_ms(queue)
+            .map(|ms| seen_at + Duration::from_millis(ms));
+        if let Ok(mut marks) = self.empty.lock() {
+            if marks.len() > 64 {
+                marks.clear();
+            }
+            marks.insert(empty_key(queue, claim_key), EmptyMark { epoch, seen_at, due_at });
+        }
+    }
+
+    /// Try `attempt` until it yields something or the poll window ends.
+    /// Between tries it sleeps until woken for this queue, until the store's
+    /// hint says a message becomes visible, or until the re-check interval.
+    /// A try known to find nothing (see [`Engine::known_empty`]) is skipped:
+    /// that is what keeps idle dispatchers off the database.
     async fn poll<T, F, Fut>(
         &self,
-        queue: Queue,
+        queue: QueueKind,
+        claim_key: &str,
         poll_timeout: Duration,
         mut attempt: F,
     ) -> Result<Option<T>, ProviderError>
@@ -283,10 +353,7 @@ impl<S: Store> Engine<S> {
         Fut: Future<Output = Result<Option<T>, ProviderError>>,
     {
         let poll = self.config.poll;
-        let mut signal: watch::Receiver<u64> = match queue {
-            Queue::Orchestrator => self.store.signals().orchestrator.subscribe(),
-            Queue::Worker => self.store.signals().worker.subscribe(),
-        };
+        let signals = self.store.signals();
         let window = if poll.long_poll {
             poll_timeout.min(Duration::from_millis(poll.max_wait_ms))
         } else {
@@ -294,23 +361,43 @@ impl<S: Store> Engine<S> {
         };
         let deadline = Instant::now() + window;
         loop {
-            signal.borrow_and_update();
-            if let Some(found) = attempt().await? {
-                return Ok(Some(found));
+            // Registered before looking, so a wake-up during the look counts.
+            let notified = signals.queue(queue).notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let epoch = signals.queue(queue).epoch();
+            if !self.known_empty(queue, claim_key, epoch) {
+                let started = Instant::now();
+                if let Some(found) = attempt().await? {
+                    return Ok(Some(found));
+                }
+                self.note_empty(queue, claim_key, epoch, started);
             }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
             }
-            let wait = (deadline - now).min(Duration::from_millis(poll.fallback_interval_ms.max(1)));
+            let recheck_ms = if signals.cross_process() {
+                poll.notified_recheck_ms
+            } else {
+                poll.fallback_interval_ms
+            };
+            let mut wait = (deadline - now).min(Duration::from_millis(recheck_ms.max(1)));
+            if let Some(due_ms) = self.store.next_visible_in_ms(queue) {
+                wait = wait.min(Duration::from_millis(due_ms.max(1)));
+            }
             // `biased`: no random branch choice, so runs are reproducible.
             tokio::select! {
                 biased;
-                _ = signal.changed() => {}
+                _ = &mut notified => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
     }
+}
+
+fn empty_key(queue: QueueKind, claim_key: &str) -> String {
+    format!("{queue:?}/{claim_key}")
 }
 
 /// A permanent error for a request the provider refuses.

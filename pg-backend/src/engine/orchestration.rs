@@ -1,11 +1,11 @@
 //! The orchestration path: enqueue, fetch, ack, abandon, renew, history.
 
-use super::{refuse, Engine, Queue};
-use crate::store::{Guarded, InstanceClaim, ReleaseKind, Store};
+use super::{refuse, Engine};
+use crate::store::{Guarded, InstanceClaim, QueueKind, ReleaseKind, Store};
 use duropg_core::codec::{decode_history, encode_event};
 use duropg_core::fetch::{decide, FetchDecision};
-use duropg_core::route::{check_payload, duration_ms, orchestrator_row};
-use duropg_core::turn::{plan_ack, AckInput, TurnOp, TurnPlan};
+use duropg_core::route::{check_payload, duration_ms, orchestrator_row, Visibility};
+use duropg_core::turn::{plan_ack, AckInput, LockView, TurnOp, TurnPlan};
 use duropg_core::work::{version_window, VersionWindow};
 use duroxide::providers::{
     DispatcherCapabilityFilter, ExecutionMetadata, OrchestrationItem, ProviderError, ScheduledActivityIdentifier,
@@ -26,7 +26,9 @@ impl<S: Store> Engine<S> {
         const OP: &str = "enqueue_for_orchestrator";
         let row = orchestrator_row(&item, delay, self.config.limits).map_err(|e| refuse(OP, e))?;
         self.call(OP, || self.store.enqueue_orchestrator(&row)).await?;
-        self.store.signals().bump_orchestrator();
+        if delay.is_none() {
+            self.store.signals().wake(QueueKind::Orchestrator, 1);
+        }
         Ok(())
     }
 
@@ -41,7 +43,8 @@ impl<S: Store> Engine<S> {
             return Ok(None);
         }
         let lock_timeout_ms = duration_ms(lock_timeout);
-        self.poll(Queue::Orchestrator, poll_timeout, || {
+        let claim_key = format!("{window:?}");
+        self.poll(QueueKind::Orchestrator, &claim_key, poll_timeout, || {
             self.claim_orchestration(lock_timeout_ms, window)
         })
         .await
@@ -67,6 +70,7 @@ impl<S: Store> Engine<S> {
             };
             let release = match decide(batch) {
                 FetchDecision::Deliver { item, attempt_count } => {
+                    self.remember_lease(&claim.lock_token, &item.instance);
                     return Ok(Some((*item, claim.lock_token, attempt_count)));
                 }
                 FetchDecision::DropOrphans { instance, count } => {
@@ -108,9 +112,22 @@ impl<S: Store> Engine<S> {
             metadata,
             cancelled_activities,
         };
-        let lock = self.call(OP, || self.store.read_instance_lock(lock_token)).await?;
-        let plan = plan_ack(lock_token, lock.as_ref(), input, self.config.limits).map_err(|e| refuse(OP, e))?;
-        match self.write(OP, lock_token, || self.store.apply_turn(&plan)).await? {
+        let plan = match self.remembered_lease(lock_token) {
+            Some(instance) => plan_ack(
+                lock_token,
+                LockView::Remembered { instance: &instance },
+                input,
+                self.config.limits,
+            ),
+            None => {
+                let lock = self.call(OP, || self.store.read_instance_lock(lock_token)).await?;
+                plan_ack(lock_token, LockView::Read(lock.as_ref()), input, self.config.limits)
+            }
+        }
+        .map_err(|e| refuse(OP, e))?;
+        let outcome = self.write(OP, lock_token, || self.store.apply_turn(&plan)).await;
+        self.forget_lease(lock_token);
+        match outcome? {
             Guarded::Applied => {
                 self.signal_turn(&plan);
                 Ok(())
@@ -125,11 +142,15 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// Wake local fetchers for what the turn made visible.
     fn signal_turn(&self, plan: &TurnPlan) {
         for op in &plan.ops {
             match op {
-                TurnOp::EnqueueOrchestrator(_) => self.store.signals().bump_orchestrator(),
-                TurnOp::EnqueueWorker(_) => self.store.signals().bump_worker(),
+                TurnOp::EnqueueOrchestrator(rows) => {
+                    let now = rows.iter().filter(|r| r.visibility == Visibility::Now).count();
+                    self.store.signals().wake(QueueKind::Orchestrator, now);
+                }
+                TurnOp::EnqueueWorker(rows) => self.store.signals().wake(QueueKind::Worker, rows.len()),
                 _ => {}
             }
         }
@@ -147,11 +168,12 @@ impl<S: Store> Engine<S> {
             .write(OP, lock_token, || {
                 self.store.abandon_instance(lock_token, delay_ms, ignore_attempt)
             })
-            .await?;
-        match outcome {
+            .await;
+        self.forget_lease(lock_token);
+        match outcome? {
             Guarded::Applied => {
                 if delay_ms.is_none() {
-                    self.store.signals().bump_orchestrator();
+                    self.store.signals().wake(QueueKind::Orchestrator, 1);
                 }
                 Ok(())
             }

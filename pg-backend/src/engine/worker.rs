@@ -1,7 +1,7 @@
 //! The worker path (activities and sessions) and the runtime's read-side calls.
 
-use super::{refuse, Engine, Queue};
-use crate::store::{Guarded, SessionClaim, Store, WorkClaim};
+use super::{refuse, Engine};
+use crate::store::{Guarded, QueueKind, SessionClaim, Store, WorkClaim};
 use duropg_core::codec::{decode_history, decode_work_item};
 use duropg_core::route::{duration_ms, worker_row};
 use duropg_core::work::{completion_row, tag_predicate, unreadable_work_failure, TagPredicate};
@@ -18,7 +18,7 @@ impl<S: Store> Engine<S> {
         const OP: &str = "enqueue_for_worker";
         let row = worker_row(&item, self.config.limits).map_err(|e| refuse(OP, e))?;
         self.call(OP, || self.store.enqueue_worker(&row)).await?;
-        self.store.signals().bump_worker();
+        self.store.signals().wake(QueueKind::Worker, 1);
         Ok(())
     }
 
@@ -38,7 +38,8 @@ impl<S: Store> Engine<S> {
             owner_id: s.owner_id.clone(),
             lock_timeout_ms: duration_ms(s.lock_timeout),
         });
-        self.poll(Queue::Worker, poll_timeout, || {
+        let claim_key = format!("{tags:?}/{:?}", session.as_ref().map(|s| &s.owner_id));
+        self.poll(QueueKind::Worker, &claim_key, poll_timeout, || {
             self.claim_work(lock_timeout_ms, &tags, session.as_ref())
         })
         .await
@@ -91,7 +92,7 @@ impl<S: Store> Engine<S> {
         {
             Guarded::Applied => {
                 if row.is_some() {
-                    self.store.signals().bump_orchestrator();
+                    self.store.signals().wake(QueueKind::Orchestrator, 1);
                 }
                 Ok(())
             }
@@ -116,7 +117,7 @@ impl<S: Store> Engine<S> {
         {
             Guarded::Applied => {
                 if delay_ms.is_none() {
-                    self.store.signals().bump_worker();
+                    self.store.signals().wake(QueueKind::Worker, 1);
                 }
                 Ok(())
             }

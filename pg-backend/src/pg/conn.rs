@@ -5,27 +5,64 @@
 use super::error::{fault, invalidates_statements};
 use duropg_core::StoreFault;
 use futures::future::{try_join_all, BoxFuture};
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, Row, Statement};
+use tokio_postgres::{AsyncMessage, Client, Config, Notification, Row, Statement};
 
-/// Opens a raw connection (the TLS choice lives inside). Returns the client;
-/// the connection task is spawned by the connector.
-pub type Connector = Arc<dyn Fn(Config) -> BoxFuture<'static, Result<Client, tokio_postgres::Error>> + Send + Sync>;
+/// A raw connection: its client, and the notifications (`LISTEN`) its
+/// connection task receives.
+pub struct Connected {
+    /// The client.
+    pub client: Client,
+    /// Notifications, in arrival order; closed when the connection ends.
+    pub notifications: mpsc::UnboundedReceiver<Notification>,
+}
+
+/// Opens a raw connection (the TLS choice lives inside).
+pub type Connector = Arc<dyn Fn(Config) -> BoxFuture<'static, Result<Connected, tokio_postgres::Error>> + Send + Sync>;
+
+/// Drive a connection on a task of its own, forwarding its notifications.
+/// Every connector (with or without TLS) hands its connection to this.
+pub fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>) -> mpsc::UnboundedReceiver<Notification>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut connection = connection;
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    // Nobody listening on pooled connections: ignore send errors.
+                    let _ = tx.send(n);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "postgres connection ended");
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
 
 /// A connector without TLS.
 pub fn plain_connector() -> Connector {
     Arc::new(|config: Config| {
         Box::pin(async move {
             let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "postgres connection ended");
-                }
-            });
-            Ok(client)
+            Ok(Connected {
+                client,
+                notifications: spawn_connection(connection),
+            })
         })
     })
 }
@@ -203,11 +240,16 @@ impl ConnectionManager {
         }
     }
 
-    /// Open one connection, bounded by the connect timeout.
+    /// Open one pooled connection, bounded by the connect timeout.
     pub async fn open(&self) -> Result<PgConn, ConnectError> {
+        self.open_connected().await.map(|c| PgConn::new(c.client))
+    }
+
+    /// Open one connection with its notifications, bounded by the connect timeout.
+    pub async fn open_connected(&self) -> Result<Connected, ConnectError> {
         let attempt = (self.connector)(self.config.clone());
         let result = match tokio::time::timeout(self.connect_timeout, attempt).await {
-            Ok(Ok(client)) => Ok(PgConn::new(client)),
+            Ok(Ok(connected)) => Ok(connected),
             Ok(Err(e)) => Err(ConnectError::Driver(e)),
             Err(_) => Err(ConnectError::TimedOut(self.connect_timeout)),
         };

@@ -7,6 +7,7 @@
 mod admin;
 mod conn;
 pub mod error;
+mod listen;
 pub mod migrate;
 mod orchestration;
 mod reads;
@@ -14,11 +15,14 @@ pub mod sql;
 mod turn;
 mod worker;
 
-pub use conn::{describe_target, plain_connector, ConnectError, ConnectionManager, Connector, PgConn, Stmt};
+pub use conn::{
+    describe_target, plain_connector, spawn_connection, ConnectError, Connected, ConnectionManager, Connector, PgConn,
+    Stmt,
+};
 
 use crate::retry::RetryPolicy;
 use crate::store::{
-    ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, Signals, Store, WorkClaim,
+    ClaimedWork, CommitStatus, Guarded, InstanceClaim, QueueKind, RawStats, ReleaseKind, Signals, Store, WorkClaim,
 };
 use async_trait::async_trait;
 use duropg_core::codec::{HistoryRow, StoredEvent};
@@ -26,7 +30,10 @@ use duropg_core::fetch::ClaimedInstance;
 use duropg_core::route::{OrchRow, WorkerRow};
 use duropg_core::turn::{LockRead, TurnPlan};
 use duropg_core::{SchemaName, StoreFault};
+use error::uint;
 use sql::Sql;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio_postgres::Row;
 
@@ -40,9 +47,14 @@ pub struct PgStore {
     manager: ConnectionManager,
     sql: Sql,
     schema: SchemaName,
-    signals: Signals,
+    signals: Arc<Signals>,
     claim_lock_class: i32,
     retry: RetryPolicy,
+    /// Who this store is in notification payloads.
+    origin: String,
+    /// `min(visible_at) - now` seen by the last empty claim, per queue (u64::MAX: none).
+    hints: [AtomicU64; 2],
+    _listener: listen::Listener,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -57,16 +69,41 @@ impl std::fmt::Debug for PgStore {
 impl PgStore {
     /// A store over an existing pool.
     pub(crate) fn new(pool: Pool, manager: ConnectionManager, schema: SchemaName, retry: RetryPolicy) -> Self {
+        static STORES: AtomicU64 = AtomicU64::new(0);
         let class = migrate::stable_hash(&format!("duropg.claim.{schema}"));
+        let sql = Sql::new(&schema);
+        let origin = format!("{}-{}", std::process::id(), STORES.fetch_add(1, Ordering::Relaxed));
+        let signals = Arc::new(Signals::default());
+        let listener = listen::spawn(manager.clone(), sql.listen.clone(), origin.clone(), signals.clone());
         Self {
             pool,
             manager,
-            sql: Sql::new(&schema),
+            sql,
             claim_lock_class: class as u32 as i32,
             schema,
-            signals: Signals::default(),
+            signals,
             retry,
+            origin,
+            hints: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+            _listener: listener,
         }
+    }
+
+    /// The notification channel (the bare schema name) and a payload for `count` items.
+    pub(crate) fn notification(&self, queue: QueueKind, count: usize) -> (&str, String) {
+        (self.schema.as_str(), listen::payload(queue, count, &self.origin))
+    }
+
+    /// A `NOTIFY` statement for `count` items of `queue`.
+    pub(crate) fn notify_stmt(&self, queue: QueueKind, count: usize) -> Stmt<'_> {
+        let (channel, payload) = self.notification(queue, count);
+        Stmt::new(&self.sql.notify).bind(channel).bind(payload)
+    }
+
+    /// Record what an empty claim learned about the next visible message.
+    pub(crate) fn set_hint(&self, queue: QueueKind, due_in_ms: Option<i64>) {
+        let v = due_in_ms.map_or(u64::MAX, |ms| uint(ms.max(0)));
+        self.hints[queue as usize].store(v, Ordering::Relaxed);
     }
 
     /// The tenant schema.
@@ -108,6 +145,37 @@ impl PgStore {
                 }
                 Err(fault)
             }
+        }
+    }
+
+    /// A whole transaction — `BEGIN`, `stmts`, `COMMIT` — in one round trip.
+    /// Returns the statements' results. A statement that fails aborts the
+    /// transaction (the server turns the `COMMIT` into a rollback) and its
+    /// error is returned; a connection lost on the way leaves the outcome
+    /// unknown, reported as such without a transaction id.
+    pub(crate) async fn transact(&self, conn: &mut PgConn, stmts: Vec<Stmt<'_>>) -> Result<Vec<Vec<Row>>, StoreFault> {
+        let mut all = Vec::with_capacity(stmts.len() + 2);
+        all.push(Stmt::new(&self.sql.begin));
+        all.extend(stmts);
+        all.push(Stmt::new(&self.sql.commit));
+        conn.set_in_transaction(true);
+        match conn.pipeline(&all).await {
+            Ok(mut results) => {
+                conn.set_in_transaction(false);
+                results.pop();
+                results.remove(0);
+                Ok(results)
+            }
+            Err(fault @ (StoreFault::Sql { .. } | StoreFault::Client { .. })) => {
+                // Every statement, COMMIT included, was sent: the failed one
+                // aborted the transaction and COMMIT ended it.
+                conn.set_in_transaction(false);
+                Err(fault)
+            }
+            Err(other) => Err(StoreFault::CommitOutcomeUnknown {
+                detail: other.to_string(),
+                xid: None,
+            }),
         }
     }
 
@@ -164,6 +232,13 @@ impl Store for PgStore {
 
     fn signals(&self) -> &Signals {
         &self.signals
+    }
+
+    fn next_visible_in_ms(&self, queue: QueueKind) -> Option<u64> {
+        match self.hints[queue as usize].load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(ms),
+        }
     }
 
     fn admin(&self) -> Option<&dyn duroxide::providers::ProviderAdmin> {

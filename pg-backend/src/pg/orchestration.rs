@@ -2,7 +2,7 @@
 
 use super::error::{col, int, uint};
 use super::{guarded, PgStore, Stmt};
-use crate::store::{Guarded, InstanceClaim, ReleaseKind};
+use crate::store::{Guarded, InstanceClaim, QueueKind, ReleaseKind};
 use duropg_core::codec::{HistoryRow, StoredEvent};
 use duropg_core::fetch::{ClaimedInstance, RawKv, RawMessage};
 use duropg_core::instance::InstanceRow;
@@ -36,11 +36,14 @@ fn event_rows(rows: &[Row], table: &str, instance: &str) -> Result<Vec<StoredEve
 impl PgStore {
     pub(super) async fn enqueue_orchestrator_row(&self, row: &OrchRow) -> Result<(), StoreFault> {
         let (delay, at) = visibility_columns(row.visibility);
+        let (channel, origin) = (self.schema.as_str(), self.origin.as_str());
         let stmt = Stmt::new(&self.sql.enqueue_orchestrator)
             .bind(row.instance.as_str())
             .bind(row.payload.as_str())
             .bind(delay)
-            .bind(at);
+            .bind(at)
+            .bind(channel)
+            .bind(origin);
         self.run(&[stmt]).await.map(|_| ())
     }
 
@@ -49,38 +52,40 @@ impl PgStore {
             VersionWindow::Range { min, max } => (false, min, max),
             VersionWindow::Any | VersionWindow::Nothing => (true, (0, 0, 0), (0, 0, 0)),
         };
+        let token = claim.lock_token.as_str();
+        let stmts = vec![
+            Stmt::new(&self.sql.claim_instance)
+                .bind(any)
+                .bind(int(min.0))
+                .bind(int(min.1))
+                .bind(int(min.2))
+                .bind(int(max.0))
+                .bind(int(max.1))
+                .bind(int(max.2))
+                .bind(self.claim_lock_class)
+                .bind(token)
+                .bind(int(claim.lock_timeout_ms)),
+            // The rest find the instance through the lock just taken (or
+            // nothing, when none was), so all go in the same round trip.
+            Stmt::new(&self.sql.tag_messages).bind(token),
+            Stmt::new(&self.sql.instance_row).bind(token),
+            Stmt::new(&self.sql.locked_history).bind(token),
+            Stmt::new(&self.sql.kv_snapshot).bind(token),
+            Stmt::new(&self.sql.next_visible_orchestrator),
+        ];
         let mut conn = self.conn().await?;
-        let lock = Stmt::new(&self.sql.claim_instance)
-            .bind(any)
-            .bind(int(min.0))
-            .bind(int(min.1))
-            .bind(int(min.2))
-            .bind(int(max.0))
-            .bind(int(max.1))
-            .bind(int(max.2))
-            .bind(self.claim_lock_class)
-            .bind(claim.lock_token.as_str())
-            .bind(int(claim.lock_timeout_ms));
-        let locked = self.begin(&mut conn, vec![lock]).await?;
-        let Some(first) = locked[0].first() else {
-            self.commit(&mut conn, None).await?;
+        let results = self.transact(&mut conn, stmts).await?;
+        let Some(first) = results[0].first() else {
+            let due = results[5]
+                .first()
+                .map(|r| col::<Option<i64>>(r, 0, "orchestrator_queue", &|| "next".into()));
+            self.set_hint(QueueKind::Orchestrator, due.transpose()?.flatten());
             return Ok(None);
         };
-        let instance: String = col(first, 0, "instance_locks", &|| "claimed instance".into())?;
-        let now_ms = uint(col(first, 1, "instance_locks", &|| "claimed instance".into())?);
-        let i = instance.as_str();
-        let reads = vec![
-            Stmt::new(&self.sql.tag_messages)
-                .bind(i)
-                .bind(claim.lock_token.as_str()),
-            Stmt::new(&self.sql.instance_row).bind(i),
-            Stmt::new(&self.sql.latest_history).bind(i),
-            Stmt::new(&self.sql.kv_snapshot).bind(i),
-        ];
-        let results = self.then(&mut conn, reads).await?;
-        let batch = claimed_batch(&instance, &claim.lock_token, now_ms, &results)?;
-        self.commit(&mut conn, None).await?;
-        Ok(Some(batch))
+        let key = || "claimed instance".to_string();
+        let instance: String = col(first, 0, "instance_locks", &key)?;
+        let now_ms = uint(col(first, 1, "instance_locks", &key)?);
+        Ok(Some(claimed_batch(&instance, token, now_ms, &results[1..5])?))
     }
 
     pub(super) async fn release(&self, lock_token: &str, kind: ReleaseKind) -> Result<(), StoreFault> {
@@ -97,9 +102,11 @@ impl PgStore {
         };
         let mut stmts: Vec<Stmt> = messages.into_iter().collect();
         stmts.push(Stmt::new(&sql.delete_lock).bind(lock_token));
+        if kind == ReleaseKind::Unlock {
+            stmts.push(self.notify_stmt(QueueKind::Orchestrator, 1));
+        }
         let mut conn = self.conn().await?;
-        self.begin(&mut conn, stmts).await?;
-        self.commit(&mut conn, None).await
+        self.transact(&mut conn, stmts).await.map(|_| ())
     }
 
     pub(super) async fn read_lock(&self, lock_token: &str) -> Result<Option<LockRead>, StoreFault> {
@@ -123,13 +130,16 @@ impl PgStore {
         delay_ms: Option<u64>,
         ignore_attempt: bool,
     ) -> Result<Guarded, StoreFault> {
-        let stmts = vec![
+        let mut stmts = vec![
             Stmt::new(&self.sql.delete_lock).bind(lock_token),
             Stmt::new(&self.sql.untag_messages)
                 .bind(lock_token)
                 .bind(delay_ms.map(int))
                 .bind(ignore_attempt),
         ];
+        if delay_ms.is_none() {
+            stmts.push(self.notify_stmt(QueueKind::Orchestrator, 1));
+        }
         let mut conn = self.conn().await?;
         let results = self.begin(&mut conn, stmts).await?;
         let outcome = guarded(&results[0]);

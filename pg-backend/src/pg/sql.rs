@@ -62,9 +62,36 @@ statements! {
 
     // ---- orchestrator queue -------------------------------------------------
 
-    /// Insert one message. $1 instance, $2 payload, $3 delay ms (null: now), $4 absolute ms (null).
-    enqueue_orchestrator = "INSERT INTO {s}.orchestrator_queue (instance_id, work_item, visible_at_ms, enqueued_at_ms)
-        VALUES ($1, $2, COALESCE($4::bigint, {now} + COALESCE($3::bigint, 0)), {now})";
+    /// Insert one message ($1 instance, $2 payload, $3 delay ms or null, $4
+    /// absolute ms or null) and, if it is visible at once, notify channel $5
+    /// (origin $6).
+    enqueue_orchestrator = "WITH ins AS (
+            INSERT INTO {s}.orchestrator_queue (instance_id, work_item, visible_at_ms, enqueued_at_ms)
+            VALUES ($1, $2, COALESCE($4::bigint, {now} + COALESCE($3::bigint, 0)), {now})
+            RETURNING visible_at_ms
+        )
+        SELECT pg_catalog.pg_notify($5, 'o:1:' || $6) FROM ins WHERE ins.visible_at_ms <= {now}";
+
+    /// Listen for this schema's notifications.
+    listen = "LISTEN {s}";
+
+    /// Notify channel $1 with payload $2.
+    notify = "SELECT pg_catalog.pg_notify($1, $2)";
+
+    /// After a turn: notify channel $1 (origin $2) of the $3 orchestrator
+    /// messages the turn made visible plus, when messages for instance $4
+    /// arrived during the turn, one more; returns whether they did.
+    turn_notify = "SELECT x.remaining, pg_catalog.pg_notify($1, 'o:' || ($3::int + x.remaining::int) || ':' || $2)
+        FROM (SELECT EXISTS (
+            SELECT 1 FROM {s}.orchestrator_queue q WHERE q.instance_id = $4 AND q.visible_at_ms <= {now}
+        ) AS remaining) x
+        WHERE $3::int > 0 OR x.remaining";
+
+    /// How long until the next orchestrator message becomes visible (null: none).
+    next_visible_orchestrator = "SELECT min(visible_at_ms) - {now} FROM {s}.orchestrator_queue WHERE visible_at_ms > {now}";
+
+    /// How long until the next activity becomes visible (null: none).
+    next_visible_worker = "SELECT min(visible_at_ms) - {now} FROM {s}.worker_queue WHERE visible_at_ms > {now}";
 
     /// Insert many messages (same columns as arrays).
     enqueue_orchestrator_many = "INSERT INTO {s}.orchestrator_queue (instance_id, work_item, visible_at_ms, enqueued_at_ms)
@@ -107,18 +134,34 @@ statements! {
             WHERE l.locked_until_ms <= EXCLUDED.locked_at_ms
         RETURNING instance_id, locked_at_ms";
 
-    /// Tag the claimed instance's visible messages with the lock token ($2) and count the attempt.
+    /// Tag the visible messages of the instance lock $1 holds with it, and count the attempt.
     tag_messages = "UPDATE {s}.orchestrator_queue
-        SET lock_token = $2, attempt_count = attempt_count + 1
-        WHERE instance_id = $1 AND visible_at_ms <= {now}
+        SET lock_token = $1, attempt_count = attempt_count + 1
+        WHERE instance_id = (SELECT instance_id FROM {s}.instance_locks WHERE lock_token = $1)
+          AND visible_at_ms <= {now}
         RETURNING id, work_item, attempt_count, enqueued_at_ms";
 
-    /// The instance row.
+    /// The row of the instance lock $1 holds.
     instance_row = "SELECT orchestration_name, orchestration_version, current_execution_id
-        FROM {s}.instances WHERE instance_id = $1";
+        FROM {s}.instances WHERE instance_id = (SELECT instance_id FROM {s}.instance_locks WHERE lock_token = $1)";
 
-    /// The materialized KV store of an instance.
-    kv_snapshot = "SELECT key, value, last_updated_at_ms FROM {s}.kv_store WHERE instance_id = $1";
+    /// Latest execution history of the instance lock $1 holds (no rows: no such lock).
+    locked_history = "WITH target AS (
+            SELECT instance_id FROM {s}.instance_locks WHERE lock_token = $1
+        ), latest AS (
+            SELECT t.instance_id, COALESCE(
+                (SELECT current_execution_id FROM {s}.instances i WHERE i.instance_id = t.instance_id),
+                (SELECT max(execution_id) FROM {s}.executions e WHERE e.instance_id = t.instance_id),
+                (SELECT max(execution_id) FROM {s}.history h WHERE h.instance_id = t.instance_id)) AS execution_id
+            FROM target t
+        )
+        SELECT latest.execution_id, h.event_id, h.event_data
+        FROM latest LEFT JOIN {s}.history h ON h.instance_id = latest.instance_id AND h.execution_id = latest.execution_id
+        ORDER BY h.event_id";
+
+    /// The materialized KV store of the instance lock $1 holds.
+    kv_snapshot = "SELECT key, value, last_updated_at_ms FROM {s}.kv_store
+        WHERE instance_id = (SELECT instance_id FROM {s}.instance_locks WHERE lock_token = $1)";
 
     /// Release a lock by token.
     delete_lock = "DELETE FROM {s}.instance_locks WHERE lock_token = $1 RETURNING instance_id";
@@ -186,18 +229,18 @@ statements! {
         SET custom_status = $2, custom_status_version = custom_status_version + 1, updated_at_ms = {now}
         WHERE instance_id = $1";
 
-    /// Record a KV write ($3 null: tombstone) in the delta.
+    /// Record a KV write ($3 null: tombstone) in the delta, at $4 (null: the store clock).
     kv_delta_put = "INSERT INTO {s}.kv_delta (instance_id, key, value, last_updated_at_ms)
-        VALUES ($1, $2, $3, $4)
+        VALUES ($1, $2, $3, COALESCE($4::bigint, {now}))
         ON CONFLICT (instance_id, key) DO UPDATE
             SET value = EXCLUDED.value, last_updated_at_ms = EXCLUDED.last_updated_at_ms";
 
-    /// Tombstone every key, in the delta and from the store.
+    /// Tombstone every key, in the delta and from the store, at the store clock.
     kv_clear_all = "WITH existing AS (
-            UPDATE {s}.kv_delta SET value = NULL, last_updated_at_ms = $2 WHERE instance_id = $1 RETURNING key
+            UPDATE {s}.kv_delta SET value = NULL, last_updated_at_ms = {now} WHERE instance_id = $1 RETURNING key
         )
         INSERT INTO {s}.kv_delta (instance_id, key, value, last_updated_at_ms)
-        SELECT s.instance_id, s.key, NULL, $2 FROM {s}.kv_store s
+        SELECT s.instance_id, s.key, NULL, {now} FROM {s}.kv_store s
         WHERE s.instance_id = $1 AND s.key NOT IN (SELECT key FROM existing)
         ON CONFLICT (instance_id, key) DO UPDATE SET value = NULL, last_updated_at_ms = EXCLUDED.last_updated_at_ms";
 
@@ -245,10 +288,14 @@ statements! {
 
     // ---- worker queue ------------------------------------------------------
 
-    /// Insert one activity.
-    enqueue_worker = "INSERT INTO {s}.worker_queue
-            (instance_id, execution_id, activity_id, session_id, tag, work_item, visible_at_ms, enqueued_at_ms)
-        VALUES ($1, $2, $3, $4, $5, $6, {now}, {now})";
+    /// Insert one activity and notify channel $7 (origin $8).
+    enqueue_worker = "WITH ins AS (
+            INSERT INTO {s}.worker_queue
+                (instance_id, execution_id, activity_id, session_id, tag, work_item, visible_at_ms, enqueued_at_ms)
+            VALUES ($1, $2, $3, $4, $5, $6, {now}, {now})
+            RETURNING id
+        )
+        SELECT pg_catalog.pg_notify($7, 'w:1:' || $8) FROM ins";
 
     /// Claim the oldest visible, unlocked activity admitted by the tag
     /// predicate ($1 any, $2 untagged, $3 tags) and the session rule ($4
@@ -270,9 +317,12 @@ statements! {
         FROM picked WHERE w.id = picked.id
         RETURNING w.id, w.work_item, w.attempt_count, w.session_id, w.instance_id, w.execution_id, w.activity_id";
 
-    /// Claim or refresh a session for an owner; no row when another owner holds it.
+    /// Claim or refresh the session of the activity lock $1 holds, for owner
+    /// $2, for $3 ms. No row when the activity has no session or another
+    /// owner holds it.
     claim_session = "INSERT INTO {s}.sessions AS s (session_id, owner_id, locked_until_ms, last_activity_at_ms)
-        VALUES ($1, $2, {now} + $3::bigint, {now})
+        SELECT q.session_id, $2, {now} + $3::bigint, {now}
+        FROM {s}.worker_queue q WHERE q.lock_token = $1 AND q.session_id IS NOT NULL
         ON CONFLICT (session_id) DO UPDATE
             SET owner_id = EXCLUDED.owner_id,
                 locked_until_ms = GREATEST(s.locked_until_ms, EXCLUDED.locked_until_ms),
@@ -280,14 +330,21 @@ statements! {
             WHERE s.owner_id = EXCLUDED.owner_id OR s.locked_until_ms <= EXCLUDED.last_activity_at_ms
         RETURNING session_id";
 
-    /// Guarded delete of a held activity, learning the transaction id.
-    complete_work = "DELETE FROM {s}.worker_queue
-        WHERE lock_token = $1 AND locked_until_ms > {now}
-        RETURNING session_id, pg_catalog.txid_current()";
+    /// Give back an activity claimed by lock $1 (its session was taken): unlock it and the attempt.
+    unclaim_work = "UPDATE {s}.worker_queue
+        SET lock_token = NULL, locked_until_ms = NULL, attempt_count = GREATEST(attempt_count - 1, 0)
+        WHERE lock_token = $1";
 
-    /// Mark session activity (only while the session lock is live).
-    touch_session = "UPDATE {s}.sessions SET last_activity_at_ms = {now}
-        WHERE session_id = $1 AND locked_until_ms > {now}";
+    /// Guarded delete of a held activity, marking activity on its session
+    /// (while the session lock is live) and learning the transaction id.
+    complete_work = "WITH d AS (
+            DELETE FROM {s}.worker_queue WHERE lock_token = $1 AND locked_until_ms > {now} RETURNING session_id
+        ), touched AS (
+            UPDATE {s}.sessions s SET last_activity_at_ms = {now}
+            FROM d WHERE s.session_id = d.session_id AND s.locked_until_ms > {now}
+            RETURNING 1
+        )
+        SELECT d.session_id, pg_catalog.txid_current() FROM d";
 
     /// Unlock an activity, optionally hiding it ($2 ms) and giving back the attempt ($3).
     abandon_work = "UPDATE {s}.worker_queue
@@ -297,11 +354,18 @@ statements! {
         WHERE lock_token = $1
         RETURNING id";
 
-    /// Extend an unexpired activity lock, never shortening it.
-    renew_work = "UPDATE {s}.worker_queue
-        SET locked_until_ms = GREATEST(locked_until_ms, {now} + $2::bigint)
-        WHERE lock_token = $1 AND locked_until_ms > {now}
-        RETURNING session_id";
+    /// Extend an unexpired activity lock, never shortening it, and mark
+    /// activity on its session (while the session lock is live).
+    renew_work = "WITH r AS (
+            UPDATE {s}.worker_queue SET locked_until_ms = GREATEST(locked_until_ms, {now} + $2::bigint)
+            WHERE lock_token = $1 AND locked_until_ms > {now}
+            RETURNING session_id
+        ), touched AS (
+            UPDATE {s}.sessions s SET last_activity_at_ms = {now}
+            FROM r WHERE s.session_id = r.session_id AND s.locked_until_ms > {now}
+            RETURNING 1
+        )
+        SELECT session_id FROM r";
 
     /// Extend live, non-idle sessions of the given owners.
     renew_sessions = "UPDATE {s}.sessions

@@ -5,7 +5,8 @@ use super::error::{col, int, uint};
 use super::orchestration::{append_stmt, visibility_columns};
 use super::sql::Sql;
 use super::{guarded, PgStore, Stmt};
-use crate::store::Guarded;
+use crate::store::{Guarded, QueueKind};
+use duropg_core::route::Visibility;
 use duropg_core::turn::{TurnOp, TurnPlan};
 use duropg_core::StoreFault;
 
@@ -16,7 +17,19 @@ impl PgStore {
                 detail: "turn plan does not start with its lock guard".into(),
             });
         }
-        let stmts: Vec<Stmt> = plan.ops.iter().flat_map(|op| op_stmts(&self.sql, plan, op)).collect();
+        let mut stmts: Vec<Stmt> = plan.ops.iter().flat_map(|op| op_stmts(&self.sql, plan, op)).collect();
+        let (orchestrator_now, workers) = visible_counts(plan);
+        let notify_at = stmts.len();
+        stmts.push(
+            Stmt::new(&self.sql.turn_notify)
+                .bind(self.schema.as_str())
+                .bind(self.origin.as_str())
+                .bind(i32::try_from(orchestrator_now).unwrap_or(i32::MAX))
+                .bind(plan.instance.as_str()),
+        );
+        if workers > 0 {
+            stmts.push(self.notify_stmt(QueueKind::Worker, workers));
+        }
         let mut conn = self.conn().await?;
         let results = self.begin(&mut conn, stmts).await?;
         if guarded(&results[0]) == Guarded::NotHeld {
@@ -24,9 +37,27 @@ impl PgStore {
             return Ok(Guarded::NotHeld);
         }
         let xid = col::<i64>(&results[0][0], 1, "instance_locks", &|| "txid".into()).map(uint)?;
+        // Messages that arrived while the instance was locked are claimable
+        // now that it is not: wake a local fetcher for them.
+        let arrived_during_turn = match results[notify_at].first() {
+            Some(r) => col::<bool>(r, 0, "orchestrator_queue", &|| "remaining".into())?,
+            None => false,
+        };
         self.commit(&mut conn, Some(xid)).await?;
+        if arrived_during_turn {
+            self.signals.wake(QueueKind::Orchestrator, 1);
+        }
         Ok(Guarded::Applied)
     }
+}
+
+/// Orchestrator messages a plan makes visible at once, and activities it enqueues.
+fn visible_counts(plan: &TurnPlan) -> (usize, usize) {
+    plan.ops.iter().fold((0, 0), |(o, w), op| match op {
+        TurnOp::EnqueueOrchestrator(rows) => (o + rows.iter().filter(|r| r.visibility == Visibility::Now).count(), w),
+        TurnOp::EnqueueWorker(rows) => (o, w + rows.len()),
+        _ => (o, w),
+    })
 }
 
 /// The statements for one operation.
@@ -70,13 +101,13 @@ fn op_stmts<'a>(sql: &'a Sql, plan: &'a TurnPlan, op: &'a TurnOp) -> Vec<Stmt<'a
             .bind(i)
             .bind(key.as_str())
             .bind(Some(value.as_str()))
-            .bind(int(*at_ms))),
-        TurnOp::KvClear { key, at_ms } => one(Stmt::new(&sql.kv_delta_put)
+            .bind(Some(int(*at_ms)))),
+        TurnOp::KvClear { key } => one(Stmt::new(&sql.kv_delta_put)
             .bind(i)
             .bind(key.as_str())
             .bind(None::<&str>)
-            .bind(int(*at_ms))),
-        TurnOp::KvClearAll { at_ms } => one(Stmt::new(&sql.kv_clear_all).bind(i).bind(int(*at_ms))),
+            .bind(None::<i64>)),
+        TurnOp::KvClearAll => one(Stmt::new(&sql.kv_clear_all).bind(i)),
         TurnOp::KvMergeDelta => one(Stmt::new(&sql.kv_merge).bind(i)),
         TurnOp::EnqueueWorker(rows) => one(Stmt::new(&sql.enqueue_worker_many)
             .bind(rows.iter().map(|r| r.key.instance.clone()).collect::<Vec<_>>())

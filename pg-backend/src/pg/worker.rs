@@ -3,10 +3,27 @@
 use super::error::{col, int, uint};
 use super::orchestration::visibility_columns;
 use super::{guarded, PgStore, Stmt};
-use crate::store::{ClaimedWork, Guarded, WorkClaim};
+use crate::store::{ClaimedWork, Guarded, QueueKind, WorkClaim};
 use duropg_core::route::{ActivityKey, OrchRow, WorkerRow};
 use duropg_core::work::TagPredicate;
 use duropg_core::StoreFault;
+
+/// Parse a `claim_work` row.
+fn claimed_work(row: &tokio_postgres::Row) -> Result<ClaimedWork, StoreFault> {
+    let key = || "claimed work item".to_string();
+    let attempts: i32 = col(row, 2, "worker_queue", &key)?;
+    Ok(ClaimedWork {
+        id: col(row, 0, "worker_queue", &key)?,
+        key: ActivityKey {
+            instance: col(row, 4, "worker_queue", &key)?,
+            execution_id: uint(col(row, 5, "worker_queue", &key)?),
+            activity_id: uint(col(row, 6, "worker_queue", &key)?),
+        },
+        session_id: col(row, 3, "worker_queue", &key)?,
+        payload: col(row, 1, "worker_queue", &key)?,
+        attempt_count: u32::try_from(attempts).unwrap_or(0),
+    })
+}
 
 impl PgStore {
     pub(super) async fn enqueue_worker_row(&self, row: &WorkerRow) -> Result<(), StoreFault> {
@@ -16,7 +33,9 @@ impl PgStore {
             .bind(int(row.key.activity_id))
             .bind(row.session_id.as_deref())
             .bind(row.tag.as_deref())
-            .bind(row.payload.as_str());
+            .bind(row.payload.as_str())
+            .bind(self.schema.as_str())
+            .bind(self.origin.as_str());
         self.run(&[stmt]).await.map(|_| ())
     }
 
@@ -34,39 +53,32 @@ impl PgStore {
             .bind(owner)
             .bind(claim.lock_token.as_str())
             .bind(int(claim.lock_timeout_ms));
+        let token = claim.lock_token.as_str();
+        let mut stmts = vec![stmt, Stmt::new(&self.sql.next_visible_worker)];
+        if let Some(s) = &claim.session {
+            stmts.push(
+                Stmt::new(&self.sql.claim_session)
+                    .bind(token)
+                    .bind(s.owner_id.as_str())
+                    .bind(int(s.lock_timeout_ms)),
+            );
+        }
         let mut conn = self.conn().await?;
-        let results = self.begin(&mut conn, vec![stmt]).await?;
+        let results = self.transact(&mut conn, stmts).await?;
         let Some(row) = results[0].first() else {
-            self.commit(&mut conn, None).await?;
+            let due = results[1]
+                .first()
+                .map(|r| col::<Option<i64>>(r, 0, "worker_queue", &|| "next".into()));
+            self.set_hint(QueueKind::Worker, due.transpose()?.flatten());
             return Ok(None);
         };
-        let key = || "claimed work item".to_string();
-        let attempts: i32 = col(row, 2, "worker_queue", &key)?;
-        let session: Option<String> = col(row, 3, "worker_queue", &key)?;
-        let work = ClaimedWork {
-            id: col(row, 0, "worker_queue", &key)?,
-            key: ActivityKey {
-                instance: col(row, 4, "worker_queue", &key)?,
-                execution_id: uint(col(row, 5, "worker_queue", &key)?),
-                activity_id: uint(col(row, 6, "worker_queue", &key)?),
-            },
-            session_id: session.clone(),
-            payload: col(row, 1, "worker_queue", &key)?,
-            attempt_count: u32::try_from(attempts).unwrap_or(0),
-        };
-        if let (Some(session_id), Some(s)) = (session, &claim.session) {
-            let stmt = Stmt::new(&self.sql.claim_session)
-                .bind(session_id)
-                .bind(s.owner_id.as_str())
-                .bind(int(s.lock_timeout_ms));
-            let claimed = self.then(&mut conn, vec![stmt]).await?;
-            if guarded(&claimed[0]) == Guarded::NotHeld {
-                // Another owner claimed the session first: give the item back.
-                self.rollback(&mut conn).await;
-                return Ok(None);
-            }
+        let work = claimed_work(row)?;
+        if work.session_id.is_some() && claim.session.is_some() && results[2].is_empty() {
+            // Another owner claimed the session first: give the item back.
+            let undo = Stmt::new(&self.sql.unclaim_work).bind(token);
+            self.transact(&mut conn, vec![undo]).await?;
+            return Ok(None);
         }
-        self.commit(&mut conn, None).await?;
         Ok(Some(work))
     }
 
@@ -83,7 +95,9 @@ impl PgStore {
                     .bind(row.instance.as_str())
                     .bind(row.payload.as_str())
                     .bind(delay)
-                    .bind(at),
+                    .bind(at)
+                    .bind(self.schema.as_str())
+                    .bind(self.origin.as_str()),
             );
         }
         let mut conn = self.conn().await?;
@@ -92,13 +106,9 @@ impl PgStore {
             self.rollback(&mut conn).await;
             return Ok(Guarded::NotHeld);
         };
-        let key = || format!("lock token {lock_token:?}");
-        let session: Option<String> = col(deleted, 0, "worker_queue", &key)?;
-        let xid = uint(col(deleted, 1, "worker_queue", &key)?);
-        if let Some(session_id) = session {
-            self.then(&mut conn, vec![Stmt::new(&self.sql.touch_session).bind(session_id)])
-                .await?;
-        }
+        let xid = uint(col(deleted, 1, "worker_queue", &|| {
+            format!("lock token {lock_token:?}")
+        })?);
         self.commit(&mut conn, Some(xid)).await?;
         Ok(Guarded::Applied)
     }
@@ -109,27 +119,22 @@ impl PgStore {
         delay_ms: Option<u64>,
         ignore_attempt: bool,
     ) -> Result<Guarded, StoreFault> {
-        let stmt = Stmt::new(&self.sql.abandon_work)
+        let mut stmts = vec![Stmt::new(&self.sql.abandon_work)
             .bind(lock_token)
             .bind(delay_ms.map(int))
-            .bind(ignore_attempt);
-        let rows = self.run(&[stmt]).await?;
-        Ok(guarded(&rows[0]))
+            .bind(ignore_attempt)];
+        if delay_ms.is_none() {
+            stmts.push(self.notify_stmt(QueueKind::Worker, 1));
+        }
+        let mut conn = self.conn().await?;
+        let results = self.transact(&mut conn, stmts).await?;
+        Ok(guarded(&results[0]))
     }
 
     pub(super) async fn renew_work(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault> {
         let stmt = Stmt::new(&self.sql.renew_work).bind(lock_token).bind(int(extend_ms));
-        let mut conn = self.conn().await?;
-        let rows = conn.pipeline(&[stmt]).await?;
-        let Some(row) = rows[0].first() else {
-            return Ok(Guarded::NotHeld);
-        };
-        let session: Option<String> = col(row, 0, "worker_queue", &|| format!("lock token {lock_token:?}"))?;
-        if let Some(session_id) = session {
-            conn.pipeline(&[Stmt::new(&self.sql.touch_session).bind(session_id)])
-                .await?;
-        }
-        Ok(Guarded::Applied)
+        let rows = self.run(&[stmt]).await?;
+        Ok(guarded(&rows[0]))
     }
 
     pub(super) async fn renew_session_locks(
