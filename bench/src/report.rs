@@ -1,0 +1,231 @@
+//! Medians, ratios, and the printed and written report.
+
+use crate::measure::connect;
+use crate::scenarios::{Kind, Results};
+use crate::Settings;
+
+/// Facts about the machine and server, printed with the figures.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// CPU cores available.
+    pub cores: usize,
+    /// Server version string.
+    pub server: String,
+    /// `fsync`.
+    pub fsync: String,
+    /// `synchronous_commit`.
+    pub synchronous_commit: String,
+    /// `pg_stat_statements` loaded?
+    pub statements: bool,
+}
+
+impl Machine {
+    /// Read them.
+    pub async fn read(url: &str) -> Result<Self, String> {
+        let c = connect(url).await?;
+        let get = |q: &'static str| {
+            let c = &c;
+            async move {
+                c.query_one(q, &[])
+                    .await
+                    .map(|r| r.get::<_, String>(0))
+                    .map_err(|e| format!("{q}: {e}"))
+            }
+        };
+        Ok(Self {
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            server: get("SHOW server_version").await?,
+            fsync: get("SHOW fsync").await?,
+            synchronous_commit: get("SHOW synchronous_commit").await?,
+            statements: get("SHOW shared_preload_libraries")
+                .await?
+                .contains("pg_stat_statements"),
+        })
+    }
+
+    /// One line.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} cores, PostgreSQL {}, fsync={}, synchronous_commit={}, pg_stat_statements {}",
+            self.cores,
+            self.server,
+            self.fsync,
+            self.synchronous_commit,
+            if self.statements { "loaded" } else { "not loaded" }
+        )
+    }
+}
+
+/// One line of the table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// What is measured.
+    pub metric: String,
+    /// duropg median.
+    pub duropg: Option<f64>,
+    /// duroxide-pg median.
+    pub other: Option<f64>,
+    /// Decimal places.
+    pub decimals: usize,
+}
+
+/// Results per provider over the rounds.
+pub struct Table {
+    duropg: Vec<Results>,
+    other: Vec<Results>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+impl Table {
+    /// An empty table.
+    pub fn new(rounds: usize) -> Self {
+        Self {
+            duropg: Vec::with_capacity(rounds),
+            other: Vec::with_capacity(rounds),
+        }
+    }
+
+    /// Add one round's results.
+    pub fn record(&mut self, kind: Kind, r: Results) {
+        match kind {
+            Kind::Duropg => self.duropg.push(r),
+            Kind::DuroxidePg => self.other.push(r),
+        }
+    }
+
+    fn row(&self, metric: &str, decimals: usize, f: impl Fn(&Results) -> Option<f64>) -> Row {
+        Row {
+            metric: metric.to_string(),
+            duropg: median(self.duropg.iter().filter_map(&f).collect()),
+            other: median(self.other.iter().filter_map(&f).collect()),
+            decimals,
+        }
+    }
+
+    /// The table's rows; `ceiling` is the server's one-row-insert commit rate.
+    pub fn rows(&self, ceiling: f64) -> Vec<Row> {
+        let frac = |t: &crate::scenarios::Throughput| Some(100.0 * t.orch_per_s / (ceiling / t.tx_per_orch.max(1e-9)));
+        vec![
+            self.row("2/2 dispatchers: orchestrations/s", 1, |r| Some(r.standard.orch_per_s)),
+            self.row("2/2 dispatchers: activities/s", 1, |r| Some(r.standard.act_per_s)),
+            self.row("2/2 dispatchers: success %", 1, |r| Some(r.standard.success_pct)),
+            self.row("2/2 dispatchers: transactions / orchestration", 1, |r| {
+                Some(r.standard.tx_per_orch)
+            }),
+            self.row("2/2 dispatchers: statements / orchestration", 1, |r| {
+                r.standard.stmts_per_orch
+            }),
+            self.row("2/2 dispatchers: % of commit ceiling", 1, |r| frac(&r.standard)),
+            self.row("8/8 dispatchers: orchestrations/s", 1, |r| Some(r.high.orch_per_s)),
+            self.row("8/8 dispatchers: activities/s", 1, |r| Some(r.high.act_per_s)),
+            self.row("8/8 dispatchers: success %", 1, |r| Some(r.high.success_pct)),
+            self.row("8/8 dispatchers: transactions / orchestration", 1, |r| {
+                Some(r.high.tx_per_orch)
+            }),
+            self.row("8/8 dispatchers: statements / orchestration", 1, |r| {
+                r.high.stmts_per_orch
+            }),
+            self.row("8/8 dispatchers: % of commit ceiling", 1, |r| frac(&r.high)),
+            self.row("idle latency p50 (ms)", 1, |r| Some(r.latency.p50_ms)),
+            self.row("idle latency p99 (ms)", 1, |r| Some(r.latency.p99_ms)),
+            self.row("256 KiB in/out: orchestrations/s", 1, |r| Some(r.large.orch_per_s)),
+            self.row("256 KiB in/out: latency p50 (ms)", 1, |r| Some(r.large_latency.p50_ms)),
+            self.row("256 KiB in/out: transactions / orchestration", 1, |r| {
+                Some(r.large.tx_per_orch)
+            }),
+        ]
+    }
+}
+
+fn cell(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.decimals$}"))
+}
+
+fn table_text(rows: &[Row]) -> String {
+    let mut out = String::from("| metric | duropg | duroxide-pg | duropg / duroxide-pg |\n|---|---:|---:|---:|\n");
+    for r in rows {
+        let ratio = match (r.duropg, r.other) {
+            (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+            _ => "n/a".into(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.metric,
+            cell(r.duropg, r.decimals),
+            cell(r.other, r.decimals),
+            ratio
+        ));
+    }
+    out
+}
+
+/// The report printed to stdout.
+pub fn render(machine: &Machine, s: &Settings, ceiling: f64, rows: &[Row]) -> String {
+    format!(
+        "{}\ncommit ceiling: {ceiling:.0} tx/s; medians of {} rounds, {} s per throughput scenario, {} latency runs\n\n{}",
+        machine.describe(),
+        s.rounds,
+        s.duration_secs,
+        s.latency_runs,
+        table_text(rows)
+    )
+}
+
+/// Today's date (UTC), as YYYY-MM-DD.
+fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The markdown document for docs/benchmarks.md.
+pub fn document(machine: &Machine, s: &Settings, ceiling: f64, rows: &[Row]) -> String {
+    format!(
+        "# Benchmarks: duropg vs duroxide-pg\n\n\
+         Measured {date} with\n\n\
+         ```sh\ncargo run -p duropg-bench --release -- compare --rounds {rounds} --duration {dur} --latency-runs {lat} --write-doc docs/benchmarks.md\n```\n\n\
+         Machine: {machine}. Both providers ran against this same server, each on a fresh \
+         schema, alternating duropg, duroxide-pg for {rounds} rounds; the table gives the median \
+         of the rounds and the ratio. Throughput rows are duroxide's own stress scenario \
+         (`run_parallel_orchestrations_test_with_config`: fan-out of 5 activities, 10 ms each) \
+         with identical configs; \"transactions / orchestration\" is the growth of \
+         `pg_stat_database.xact_commit` during the scenario (empty polls and the client's \
+         status polls included) divided by completed orchestrations; statements need \
+         `pg_stat_statements` preloaded (n/a otherwise). The commit ceiling is {ceiling:.0} \
+         one-row-insert transactions per second from 8 connections on the same server; \
+         \"% of commit ceiling\" is throughput / (ceiling / transactions per orchestration). \
+         Latency is start-to-completion of a one-activity orchestration on an idle runtime \
+         (default `RuntimeOptions`), sampled by polling status every millisecond. The large-payload \
+         rows run 48 orchestrations, 8 in flight, each with a 256 KiB input and a 256 KiB output.\n\n{table}",
+        date = today(),
+        rounds = s.rounds,
+        dur = s.duration_secs,
+        lat = s.latency_runs,
+        machine = machine.describe(),
+        table = table_text(rows)
+    )
+}

@@ -1,0 +1,304 @@
+//! The scenarios, run identically for both providers.
+
+use crate::measure::{connect, counted};
+use crate::Settings;
+use async_trait::async_trait;
+use duroxide::provider_stress_tests::parallel_orchestrations::{
+    run_parallel_orchestrations_test_with_config, ProviderStressFactory,
+};
+use duroxide::provider_stress_tests::StressTestConfig;
+use duroxide::providers::Provider;
+use duroxide::runtime::registry::ActivityRegistry;
+use duroxide::runtime::{Runtime, RuntimeOptions};
+use duroxide::{ActivityContext, Client, OrchestrationContext, OrchestrationRegistry, OrchestrationStatus};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Which provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// This project.
+    Duropg,
+    /// duroxide-pg 0.1.38 from crates.io.
+    DuroxidePg,
+}
+
+impl Kind {
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Duropg => "duropg",
+            Kind::DuroxidePg => "duroxide-pg",
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::Duropg => "dpg",
+            Kind::DuroxidePg => "dxpg",
+        }
+    }
+}
+
+/// A throughput scenario's figures.
+#[derive(Debug, Clone, Default)]
+pub struct Throughput {
+    /// Orchestrations completed per second.
+    pub orch_per_s: f64,
+    /// Activities completed per second.
+    pub act_per_s: f64,
+    /// Completed / launched, percent.
+    pub success_pct: f64,
+    /// Committed transactions per completed orchestration.
+    pub tx_per_orch: f64,
+    /// Statements per completed orchestration (pg_stat_statements), if known.
+    pub stmts_per_orch: Option<f64>,
+}
+
+/// Latency figures, milliseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+}
+
+/// Everything one provider produced in one round.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    /// duroxide's standard stress config (2/2 dispatchers).
+    pub standard: Throughput,
+    /// High concurrency (8/8 dispatchers).
+    pub high: Throughput,
+    /// One-activity orchestration on an idle system.
+    pub latency: Latency,
+    /// 256 KiB inputs and outputs.
+    pub large: Throughput,
+    /// Latency of the large-payload orchestrations.
+    pub large_latency: Latency,
+}
+
+async fn provider(kind: Kind, url: &str, schema: &str) -> Result<Arc<dyn Provider>, String> {
+    Ok(match kind {
+        Kind::Duropg => Arc::new(
+            duropg::PgProvider::builder(url)
+                .schema(schema)
+                .build()
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        Kind::DuroxidePg => Arc::new(
+            duroxide_pg::PostgresProvider::new_with_schema(url, Some(schema))
+                .await
+                .map_err(|e| format!("duroxide-pg: {e}"))?,
+        ),
+    })
+}
+
+async fn drop_schema(url: &str, schema: &str) -> Result<(), String> {
+    connect(url)
+        .await?
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await
+        .map_err(|e| format!("dropping {schema}: {e}"))
+}
+
+/// duroxide's stress factory: every provider on a fresh schema.
+struct Factory {
+    kind: Kind,
+    url: String,
+    schema: String,
+    created: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl ProviderStressFactory for Factory {
+    async fn create_provider(&self) -> Arc<dyn Provider> {
+        let schema = {
+            let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            let name = format!("{}_{}", self.schema, created.len());
+            created.push(name.clone());
+            name
+        };
+        match provider(self.kind, &self.url, &schema).await {
+            Ok(p) => p,
+            Err(e) => panic!("creating the {} provider: {e}", self.kind.name()),
+        }
+    }
+}
+
+async fn throughput(
+    kind: Kind,
+    round: usize,
+    label: &str,
+    config: StressTestConfig,
+    s: &Settings,
+) -> Result<Throughput, String> {
+    let factory = Factory {
+        kind,
+        url: s.url.clone(),
+        schema: format!("bench_{}_{label}_r{round}", kind.tag()),
+        created: Mutex::new(Vec::new()),
+    };
+    let tasks = config.tasks_per_instance as f64;
+    let run = async {
+        run_parallel_orchestrations_test_with_config(&factory, config)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let (r, tx, stmts) = counted(&s.url, run).await?;
+    let created: Vec<String> = factory.created.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for schema in &created {
+        drop_schema(&s.url, schema).await?;
+    }
+    let done = r.completed.max(1) as f64;
+    Ok(Throughput {
+        orch_per_s: r.orch_throughput,
+        act_per_s: r.completed as f64 * tasks / r.total_time.as_secs_f64(),
+        success_pct: r.success_rate(),
+        tx_per_orch: tx as f64 / done,
+        stmts_per_orch: stmts.map(|n| n as f64 / done),
+    })
+}
+
+fn one_activity() -> (ActivityRegistry, OrchestrationRegistry) {
+    let activities = ActivityRegistry::builder()
+        .register("Echo", |_ctx: ActivityContext, s: String| async move { Ok(s) })
+        .build();
+    let orchestrations = OrchestrationRegistry::builder()
+        .register("One", |ctx: OrchestrationContext, s: String| async move {
+            ctx.schedule_activity("Echo", s).await
+        })
+        .build();
+    (activities, orchestrations)
+}
+
+/// Start one orchestration and wait for its completion, polling every millisecond.
+async fn timed_run(client: &Client, instance: &str, name: &str, input: String) -> Result<Duration, String> {
+    let started = Instant::now();
+    client
+        .start_orchestration(instance, name, input)
+        .await
+        .map_err(|e| format!("start {instance}: {e:?}"))?;
+    loop {
+        match client.get_orchestration_status(instance).await {
+            Ok(OrchestrationStatus::Completed { .. }) => return Ok(started.elapsed()),
+            Ok(OrchestrationStatus::Failed { details, .. }) => {
+                return Err(format!("{instance} failed: {}", details.display_message()))
+            }
+            Ok(_) if started.elapsed() > Duration::from_secs(60) => return Err(format!("{instance} timed out")),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            Err(e) => return Err(format!("status of {instance}: {e:?}")),
+        }
+    }
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> Latency {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Latency {
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+    }
+}
+
+async fn latency(kind: Kind, round: usize, s: &Settings) -> Result<Latency, String> {
+    let schema = format!("bench_{}_lat_r{round}", kind.tag());
+    let store = provider(kind, &s.url, &schema).await?;
+    let (activities, orchestrations) = one_activity();
+    let rt = Runtime::start_with_options(store.clone(), activities, orchestrations, RuntimeOptions::default()).await;
+    let client = Client::new(store);
+    for i in 0..10 {
+        timed_run(&client, &format!("warm-{i}"), "One", "x".into()).await?;
+    }
+    let mut samples = Vec::with_capacity(s.latency_runs);
+    for i in 0..s.latency_runs {
+        samples.push(timed_run(&client, &format!("lat-{i}"), "One", "x".into()).await?);
+    }
+    rt.shutdown(Some(2_000)).await;
+    drop_schema(&s.url, &schema).await?;
+    Ok(percentiles(samples))
+}
+
+const LARGE_BYTES: usize = 256 * 1024;
+const LARGE_RUNS: usize = 48;
+const LARGE_IN_FLIGHT: usize = 8;
+
+async fn large(kind: Kind, round: usize, s: &Settings) -> Result<(Throughput, Latency), String> {
+    let schema = format!("bench_{}_large_r{round}", kind.tag());
+    let store = provider(kind, &s.url, &schema).await?;
+    let activities = ActivityRegistry::builder()
+        .register("Grow", |_ctx: ActivityContext, s: String| async move {
+            Ok(s.to_uppercase())
+        })
+        .build();
+    let orchestrations = OrchestrationRegistry::builder()
+        .register("Big", |ctx: OrchestrationContext, s: String| async move {
+            ctx.schedule_activity("Grow", s).await
+        })
+        .build();
+    let rt = Runtime::start_with_options(store.clone(), activities, orchestrations, RuntimeOptions::default()).await;
+    let client = Arc::new(Client::new(store));
+    let input = "x".repeat(LARGE_BYTES);
+    let work = async {
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        for batch in 0..LARGE_RUNS / LARGE_IN_FLIGHT {
+            let runs = (0..LARGE_IN_FLIGHT).map(|i| {
+                let client = client.clone();
+                let input = input.clone();
+                async move { timed_run(&client, &format!("big-{batch}-{i}"), "Big", input).await }
+            });
+            for r in futures::future::join_all(runs).await {
+                samples.push(r?);
+            }
+        }
+        Ok((started.elapsed(), samples))
+    };
+    let ((elapsed, samples), tx, stmts) = counted(&s.url, work).await?;
+    rt.shutdown(Some(2_000)).await;
+    drop_schema(&s.url, &schema).await?;
+    let done = samples.len() as f64;
+    let t = Throughput {
+        orch_per_s: done / elapsed.as_secs_f64(),
+        act_per_s: done / elapsed.as_secs_f64(),
+        success_pct: 100.0 * done / LARGE_RUNS as f64,
+        tx_per_orch: tx as f64 / done.max(1.0),
+        stmts_per_orch: stmts.map(|n| n as f64 / done.max(1.0)),
+    };
+    Ok((t, percentiles(samples)))
+}
+
+/// Every scenario for one provider in one round.
+pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, String> {
+    let standard = StressTestConfig {
+        duration_secs: s.duration_secs,
+        ..StressTestConfig::default()
+    };
+    let high = StressTestConfig {
+        max_concurrent: 64,
+        duration_secs: s.duration_secs,
+        orch_concurrency: 8,
+        worker_concurrency: 8,
+        ..StressTestConfig::default()
+    };
+    let standard = throughput(kind, round, "std", standard, s).await?;
+    eprintln!("  standard 2/2: {standard:?}");
+    let high = throughput(kind, round, "high", high, s).await?;
+    eprintln!("  high 8/8: {high:?}");
+    let latency = latency(kind, round, s).await?;
+    eprintln!("  latency: {latency:?}");
+    let (large, large_latency) = large(kind, round, s).await?;
+    eprintln!("  large: {large:?} {large_latency:?}");
+    Ok(Results {
+        standard,
+        high,
+        latency,
+        large,
+        large_latency,
+    })
+}
