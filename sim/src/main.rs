@@ -1,0 +1,4 @@
+//! The `duropg-sim` command line.
+#![forbid(unsafe_code)]
+
+fn main() {}
