@@ -410,7 +410,7 @@ macro_rules! want {
     ($result:expr, $op:literal, $pat:pat => $val:expr) => {
         match $result? {
             $pat => Ok($val),
-            other => Err(mismatch($op, &other)),
+            other => Err($crate::model::mismatch($op, &other)),
         }
     };
 }

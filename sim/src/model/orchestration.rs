@@ -37,10 +37,9 @@ impl ModelState {
             .values()
             .filter(|m| m.visible_at_ms <= now_ms)
             .filter(|m| {
-                !self
-                    .instance_locks
+                self.instance_locks
                     .get(&m.instance)
-                    .is_some_and(|l| l.locked_until_ms > now_ms)
+                    .is_none_or(|l| l.locked_until_ms <= now_ms)
             })
             .filter(|m| self.window_admits(&m.instance, window))
             .map(|m| m.instance.clone())
@@ -110,7 +109,13 @@ impl ModelState {
                 .map(|(_, e)| *e)
                 .max()
         };
-        let from_history = || self.history.keys().filter(|(i, _)| i == instance).map(|(_, e)| *e).max();
+        let from_history = || {
+            self.history
+                .keys()
+                .filter(|(i, _)| i == instance)
+                .map(|(_, e)| *e)
+                .max()
+        };
         let exec = from_row.or_else(from_executions).or_else(from_history);
         match exec {
             Some(e) => (Some(e), self.events(instance, e)),

@@ -69,19 +69,15 @@ impl ModelState {
     /// `instance_stats`: counts and sizes of the current execution.
     fn stats(&self, instance: &str) -> Option<RawStats> {
         let row = self.instances.get(instance)?;
-        let events = self
-            .history
-            .get(&(instance.to_string(), row.current_execution_id));
+        let events = self.history.get(&(instance.to_string(), row.current_execution_id));
         let kv = self.kv_merged(instance);
         Some(RawStats {
             history_event_count: events.map_or(0, |e| e.len() as u64),
             history_size_bytes: events.map_or(0, |e| e.values().map(|h| h.data.len() as u64).sum()),
-            first_event: events
-                .and_then(|e| e.values().next())
-                .map(|h| StoredEvent {
-                    event_id: 1,
-                    data: h.data.clone(),
-                }),
+            first_event: events.and_then(|e| e.values().next()).map(|h| StoredEvent {
+                event_id: 1,
+                data: h.data.clone(),
+            }),
             kv_key_count: kv.len() as u64,
             kv_value_bytes: kv.values().map(|v| v.len() as u64).sum(),
         })

@@ -195,7 +195,7 @@ impl ModelState {
         let before = self.sessions.len();
         self.sessions.retain(|sid, s| {
             let has_work = queue.values().any(|w| w.session_id.as_deref() == Some(sid.as_str()));
-            !(s.locked_until_ms < now_ms && !has_work)
+            s.locked_until_ms >= now_ms || has_work
         });
         (before - self.sessions.len()) as u64
     }
