@@ -20,8 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct KindStats {
     /// How many were injected.
     pub injected: u64,
-    /// The table rows they were classified under, with their documented class.
-    pub rows: BTreeSet<(String, &'static str)>,
+    /// The table rows they were classified under, with their documented
+    /// class, and how many fell under each.
+    pub rows: BTreeMap<(String, &'static str), u64>,
     /// Retried by the engine.
     pub retried: u64,
     /// Resolved by asking the store for the transaction's fate.
@@ -126,7 +127,7 @@ pub fn audit_faults(
             );
             if let Some(s) = stat {
                 s.injected += 1;
-                s.rows.insert((table.label(fault), class.as_str()));
+                *s.rows.entry((table.label(fault), class.as_str())).or_default() += 1;
                 match treatment {
                     Treatment::Retried => s.retried += 1,
                     Treatment::Resolved => s.resolved += 1,

@@ -40,6 +40,38 @@ pub struct Report {
     pub dump: String,
 }
 
+/// One fault kind's line(s): a second classification row, if any, goes on
+/// its own line below.
+fn fault_line(out: &mut String, kind: FaultKind, s: &KindStats) {
+    let mut rows: Vec<String> = s
+        .rows
+        .iter()
+        .map(|((row, class), n)| match s.rows.len() {
+            1 => format!("{row} {class}"),
+            _ => format!("{row} {class} ({n})"),
+        })
+        .collect();
+    if rows.is_empty() {
+        rows.push("-".into());
+    }
+    let _ = writeln!(
+        out,
+        "  {:<22} {:<34} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}",
+        kind.name(),
+        rows[0],
+        s.injected,
+        s.retried,
+        s.resolved,
+        s.surfaced,
+        s.no_effect,
+        s.call_ok,
+        s.mismatches
+    );
+    for row in &rows[1..] {
+        let _ = writeln!(out, "  {:<22} {row}", "");
+    }
+}
+
 impl Report {
     /// Whether every invariant held.
     pub fn passed(&self) -> bool {
@@ -96,7 +128,7 @@ impl Report {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "  {:<22} {:<28} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}",
+            "  {:<22} {:<34} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}",
             "fault",
             "classified as (docs)",
             "injected",
@@ -111,7 +143,7 @@ impl Report {
             if kind == FaultKind::Stall {
                 let _ = writeln!(
                     out,
-                    "  {:<22} {:<28} {:>8}",
+                    "  {:<22} {:<34} {:>8}",
                     kind.name(),
                     "(worker froze past its lease)",
                     self.stalls
@@ -119,24 +151,7 @@ impl Report {
                 continue;
             }
             let s = self.faults.get(&kind).cloned().unwrap_or_default();
-            let rows: Vec<String> = s.rows.iter().map(|(row, class)| format!("{row} {class}")).collect();
-            let _ = writeln!(
-                out,
-                "  {:<22} {:<28} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}",
-                kind.name(),
-                if rows.is_empty() {
-                    "-".to_string()
-                } else {
-                    rows.join("; ")
-                },
-                s.injected,
-                s.retried,
-                s.resolved,
-                s.surfaced,
-                s.no_effect,
-                s.call_ok,
-                s.mismatches
-            );
+            fault_line(out, kind, &s);
         }
     }
 

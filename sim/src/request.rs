@@ -115,11 +115,7 @@ impl Request {
             | Request::KvAll(_)
             | Request::InstanceStats(_)
             | Request::CommitStatus(_) => Shape::Read,
-            Request::EnqueueOrchestrator(_)
-            | Request::RenewInstanceLock(..)
-            | Request::AppendHistory(..)
-            | Request::EnqueueWorker(_)
-            | Request::AbandonWorkItem(..)
+            Request::RenewInstanceLock(..)
             | Request::RenewWorkItem(..)
             | Request::RenewSessions(..)
             | Request::CleanupSessions => Shape::Autocommit,
@@ -127,7 +123,14 @@ impl Request {
             | Request::ReleaseInstance(..)
             | Request::AbandonInstance(..)
             | Request::ClaimWorkItem(_) => Shape::Transaction { learns_xid: false },
-            Request::ApplyTurn(_) | Request::CompleteWorkItem(..) => Shape::Transaction { learns_xid: true },
+            // Writes that are not idempotent learn their id so that a lost
+            // COMMIT reply can be resolved (`PgStore::write_once`).
+            Request::ApplyTurn(_)
+            | Request::CompleteWorkItem(..)
+            | Request::EnqueueOrchestrator(_)
+            | Request::EnqueueWorker(_)
+            | Request::AppendHistory(..)
+            | Request::AbandonWorkItem(..) => Shape::Transaction { learns_xid: true },
         }
     }
 }

@@ -173,23 +173,7 @@ pub fn decide(item: &OrchestrationItem, now_ms: u64) -> Decision {
         .history
         .last()
         .is_some_and(|e| matches!(e.kind, EventKind::OrchestrationContinuedAsNew { .. }));
-    let successor = item.messages.iter().find_map(|m| match m {
-        WorkItem::ContinueAsNew {
-            orchestration,
-            input,
-            parent_instance,
-            parent_id,
-            parent_execution_id,
-            ..
-        } => Some(Started {
-            name: orchestration.clone(),
-            input: input.clone(),
-            parent_instance: parent_instance.clone(),
-            parent_id: *parent_id,
-            parent_execution_id: *parent_execution_id,
-        }),
-        _ => None,
-    });
+    let successor = successor_start(item);
     let empty = |execution_id| Turn {
         instance: item.instance.clone(),
         execution_id,
@@ -243,6 +227,28 @@ pub fn decide(item: &OrchestrationItem, now_ms: u64) -> Decision {
     turn.finish()
 }
 
+/// The next execution's start, from a `ContinueAsNew` in the batch.
+fn successor_start(item: &OrchestrationItem) -> Option<Started> {
+    item.messages.iter().find_map(|m| match m {
+        WorkItem::ContinueAsNew {
+            orchestration,
+            input,
+            parent_instance,
+            parent_id,
+            parent_execution_id,
+            ..
+        } => Some(Started {
+            name: orchestration.clone(),
+            input: input.clone(),
+            parent_instance: parent_instance.clone(),
+            parent_id: *parent_id,
+            parent_execution_id: *parent_execution_id,
+        }),
+        _ => None,
+    })
+}
+
+/// The instance's start, from a `StartOrchestration` in the batch.
 fn start_message(item: &OrchestrationItem) -> Option<Started> {
     item.messages.iter().find_map(|m| match m {
         WorkItem::StartOrchestration {

@@ -17,7 +17,7 @@ impl PgStore {
             .bind(row.session_id.as_deref())
             .bind(row.tag.as_deref())
             .bind(row.payload.as_str());
-        self.run(&[stmt]).await.map(|_| ())
+        self.write_once(stmt).await
     }
 
     pub(super) async fn claim_work(&self, claim: &WorkClaim) -> Result<Option<ClaimedWork>, StoreFault> {
@@ -113,8 +113,17 @@ impl PgStore {
             .bind(lock_token)
             .bind(delay_ms.map(int))
             .bind(ignore_attempt);
-        let rows = self.run(&[stmt]).await?;
-        Ok(guarded(&rows[0]))
+        // A transaction that learns its id, so a lost COMMIT reply is
+        // resolved rather than retried into "no such token".
+        let mut conn = self.conn().await?;
+        let results = self.begin(&mut conn, vec![stmt]).await?;
+        let Some(row) = results[0].first() else {
+            self.rollback(&mut conn).await;
+            return Ok(Guarded::NotHeld);
+        };
+        let xid = uint(col(row, 1, "worker_queue", &|| format!("lock token {lock_token:?}"))?);
+        self.commit(&mut conn, Some(xid)).await?;
+        Ok(Guarded::Applied)
     }
 
     pub(super) async fn renew_work(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault> {

@@ -239,6 +239,17 @@ impl ModelState {
         );
     }
 
+    /// A write that learned its transaction id and committed.
+    fn committed(&mut self, response: Response) -> Executed {
+        let xid = self.new_xid();
+        self.finish_xid(xid, CommitStatus::Committed);
+        Executed {
+            result: Ok(response),
+            xid: Some(xid),
+            wrote: true,
+        }
+    }
+
     /// Execute one request at store time `now_ms`, as one transaction.
     pub fn execute(&mut self, request: &Request, now_ms: u64) -> Executed {
         let plain = |result: Result<Response, StoreFault>, wrote: bool| Executed {
@@ -249,7 +260,7 @@ impl ModelState {
         match request {
             Request::EnqueueOrchestrator(row) => {
                 self.insert_orchestrator(row, now_ms);
-                plain(Ok(Response::Unit), true)
+                self.committed(Response::Unit)
             }
             Request::ClaimInstance(claim) => {
                 let got = self.claim_instance(claim, now_ms);
@@ -269,11 +280,10 @@ impl ModelState {
                 let g = self.renew_instance_lock(token, *ext, now_ms);
                 plain(Ok(Response::Guarded(g)), g == Guarded::Applied)
             }
-            Request::AppendHistory(instance, exec, rows) => {
-                let r = self.append_history(instance, *exec, rows);
-                let wrote = r.is_ok();
-                plain(r.map(|_| Response::Unit), wrote)
-            }
+            Request::AppendHistory(instance, exec, rows) => match self.append_history(instance, *exec, rows) {
+                Ok(()) => self.committed(Response::Unit),
+                Err(fault) => plain(Err(fault), false),
+            },
             Request::CompleteWorkItem(token, completion) => self.complete_work_item(token, completion.as_ref(), now_ms),
             _ => self.execute_rest(request, now_ms),
         }
@@ -289,7 +299,7 @@ impl ModelState {
         match request {
             Request::EnqueueWorker(row) => {
                 self.insert_worker(row, now_ms);
-                plain(Response::Unit, true)
+                self.committed(Response::Unit)
             }
             Request::ClaimWorkItem(claim) => {
                 let got = self.claim_work_item(claim, now_ms);
@@ -297,8 +307,10 @@ impl ModelState {
                 plain(Response::Work(got), wrote)
             }
             Request::AbandonWorkItem(token, delay, ignore) => {
-                let g = self.abandon_work_item(token, *delay, *ignore, now_ms);
-                plain(Response::Guarded(g), g == Guarded::Applied)
+                match self.abandon_work_item(token, *delay, *ignore, now_ms) {
+                    Guarded::Applied => self.committed(Response::Guarded(Guarded::Applied)),
+                    Guarded::NotHeld => plain(Response::Guarded(Guarded::NotHeld), false),
+                }
             }
             Request::RenewWorkItem(token, ext) => {
                 let g = self.renew_work_item(token, *ext, now_ms);
