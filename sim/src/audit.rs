@@ -385,7 +385,9 @@ pub fn audit_state(
                 .push(format!("{child} ({other:?}: {})", history_summary(state, child))),
         }
     }
-    f.check(Invariant::Liveness);
+    for _ in 0..out.started + out.children {
+        f.check(Invariant::Liveness);
+    }
     if !out.stuck.is_empty() {
         let leftover = (state.orchestrator_queue.len(), state.worker_queue.len());
         let detail = format!(

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: duropg-sim (--seed N | --seeds A..B) [--hosts H] [--instances K] \
-[--faults kind=p,...|none|all] [--safety-ms MS] [--liveness-ms MS] [--dump]
+[--faults kind=p,...|none|all] [--safety-ms MS] [--liveness-ms MS] [--dump] [--legacy-autocommit-writes]
 fault kinds: deadlock serialization lock-not-available admin-shutdown connection-failure \
 unique-violation foreign-key-violation pool-timeout pool-closed drop-request reply-lost commit-lost stall; skew=MS";
 
@@ -64,6 +64,7 @@ fn parse(argv: &[String]) -> Result<Args, String> {
             "--liveness-ms" => args.config.liveness_ms = number(value(&mut it, flag)?, flag)?,
             "--faults" => faults = value(&mut it, flag)?.clone(),
             "--dump" => args.dump = true,
+            "--legacy-autocommit-writes" => args.config.legacy_autocommit_writes = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }

@@ -107,6 +107,8 @@ pub struct StoreServer {
     pub mailbox: SharedMailbox,
     /// Invariants checked as each request runs.
     pub ledger: Rc<std::cell::RefCell<Ledger>>,
+    /// Serve the store's methods as before the lost-commit fix ([`Request::shape_in`]).
+    pub legacy: bool,
 }
 
 impl StoreServer {
@@ -176,7 +178,7 @@ impl StoreServer {
             let sent = write_frame(stream, DONE, id).await.is_ok();
             return sent && !injected.is_some_and(FaultKind::closes_connection);
         }
-        if let Shape::Transaction { .. } = request.shape() {
+        if let Shape::Transaction { .. } = request.shape_in(self.legacy) {
             return self.handle_transaction(stream, id, request, injected).await;
         }
         let executed = self.execute(request);
@@ -231,12 +233,14 @@ pub struct NetStore {
     trace: Trace,
     pool: Mutex<Vec<TcpStream>>,
     signals: Signals,
+    legacy: bool,
 }
 
 impl NetStore {
-    /// A client store for `host`.
-    pub fn new(host: &str, mailbox: SharedMailbox, injector: Injector, trace: Trace) -> Self {
+    /// A client store for `host` (`legacy`: see [`Request::shape_in`]).
+    pub fn new(host: &str, mailbox: SharedMailbox, injector: Injector, trace: Trace, legacy: bool) -> Self {
         Self {
+            legacy,
             host: host.to_string(),
             mailbox,
             injector: Mutex::new(injector),
@@ -248,7 +252,7 @@ impl NetStore {
 
     /// One store call: draw a fault, run it, record it.
     async fn call(&self, request: Request) -> Result<Response, StoreFault> {
-        let injected = lock(&self.injector).draw_call(request.shape());
+        let injected = lock(&self.injector).draw_call(request.shape_in(self.legacy));
         let call = current_call();
         let result = self.attempt(&request, injected).await;
         self.trace.record(TraceEvent::Attempt {
@@ -313,7 +317,7 @@ impl NetStore {
                 detail: "connection dropped before the request was sent".into(),
             })
         } else {
-            self.exchange(conn, id, request.shape()).await
+            self.exchange(conn, id, request.shape_in(self.legacy)).await
         };
         let mut mailbox = lock(&self.mailbox);
         mailbox.requests.remove(&id);

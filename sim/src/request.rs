@@ -104,6 +104,23 @@ impl Request {
         }
     }
 
+    /// How the Postgres store runs this method, now or (`legacy`) before the
+    /// fix that made non-idempotent writes learn their transaction id — kept
+    /// so a test can show the checker catches what that store did wrong.
+    pub fn shape_in(&self, legacy: bool) -> Shape {
+        let autocommit_before_fix = matches!(
+            self,
+            Request::EnqueueOrchestrator(_)
+                | Request::EnqueueWorker(_)
+                | Request::AppendHistory(..)
+                | Request::AbandonWorkItem(..)
+        );
+        if legacy && autocommit_before_fix {
+            return Shape::Autocommit;
+        }
+        self.shape()
+    }
+
     /// How `PgStore` runs this method (see `pg-backend/src/pg/`): `run(...)`
     /// is autocommit, `begin(...)` + `commit(.., xid)` a transaction.
     pub fn shape(&self) -> Shape {

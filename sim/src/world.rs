@@ -23,7 +23,7 @@ use std::time::{Duration, UNIX_EPOCH};
 /// machine's clock).
 pub const EPOCH_MS: u64 = 1_700_000_000_000;
 /// Simulated time per step.
-pub const TICK_MS: u64 = 2;
+pub const TICK_MS: u64 = 4;
 /// Orchestration dispatchers per worker host.
 pub const ORCH_DISPATCHERS: usize = 2;
 /// Activity dispatchers per worker host.
@@ -46,6 +46,9 @@ pub struct SimConfig {
     pub liveness_ms: u64,
     /// The engine's fault classifier (only the checker's self-test changes it).
     pub classifier: Classifier,
+    /// Model the Postgres store as it was before non-idempotent writes
+    /// learned their transaction id (only the regression tests set it).
+    pub legacy_autocommit_writes: bool,
 }
 
 impl SimConfig {
@@ -59,6 +62,7 @@ impl SimConfig {
             safety_ms: 10_000,
             liveness_ms: 60_000,
             classifier: classify,
+            legacy_autocommit_writes: false,
         }
     }
 
@@ -77,6 +81,9 @@ impl SimConfig {
         }
         if self.liveness_ms != defaults.liveness_ms {
             cmd.push_str(&format!(" --liveness-ms {}", self.liveness_ms));
+        }
+        if self.legacy_autocommit_writes {
+            cmd.push_str(" --legacy-autocommit-writes");
         }
         cmd
     }
@@ -116,13 +123,20 @@ struct HostSetup {
     mailbox: SharedMailbox,
     skew_ms: i64,
     classifier: Classifier,
+    legacy: bool,
 }
 
 impl HostSetup {
     fn context(&self) -> Rc<HostCtx> {
         let salt = host_salt(&self.name);
         let injector = Injector::new(self.seed, salt, self.plan.clone(), self.switch.clone());
-        let store = NetStore::new(&self.name, self.mailbox.clone(), injector, self.trace.clone());
+        let store = NetStore::new(
+            &self.name,
+            self.mailbox.clone(),
+            injector,
+            self.trace.clone(),
+            self.legacy,
+        );
         let engine = Engine::new(store, engine_config(), dispatch::tokens(&self.name, self.seed))
             .with_classifier(self.classifier);
         let choices = Injector::new(self.seed, salt.rotate_left(17), self.plan.clone(), self.switch.clone());
@@ -195,6 +209,7 @@ impl World {
             store: self.store.clone(),
             mailbox: SharedMailbox::default(),
             ledger: self.ledger.clone(),
+            legacy: self.config.legacy_autocommit_writes,
         });
         let mailbox = server.mailbox.clone();
         sim.host(STORE_HOST, move || server.clone().serve());
@@ -214,6 +229,7 @@ impl World {
                 mailbox: mailbox.clone(),
                 skew_ms,
                 classifier: self.config.classifier,
+                legacy: self.config.legacy_autocommit_writes,
             };
             if name == "client" {
                 let (workload, log) = (self.workload.clone(), self.log.clone());
