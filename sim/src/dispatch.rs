@@ -91,11 +91,6 @@ impl Traced {
         });
         result
     }
-
-    /// The engine underneath.
-    pub fn engine(&self) -> &Engine<NetStore> {
-        &self.engine
-    }
 }
 
 /// One host: its provider, its clock and its seeded choices.

@@ -601,6 +601,3 @@ pub fn run_activity(instance: &str, execution_id: u64, id: u64, name: &str, inpu
         },
     }
 }
-
-/// The activity names the workload uses (for the checker).
-pub const ACTIVITIES: [&str; 2] = [WORK, FAN];
