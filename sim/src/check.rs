@@ -367,3 +367,61 @@ impl Ledger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use duropg::store::InstanceClaim;
+    use duropg_core::fetch::ClaimedInstance;
+    use duropg_core::work::VersionWindow;
+
+    fn claim(token: &str) -> Request {
+        Request::ClaimInstance(InstanceClaim {
+            lock_token: token.into(),
+            lock_timeout_ms: 1_000,
+            window: VersionWindow::Any,
+        })
+    }
+
+    fn claimed(token: &str) -> Executed {
+        Executed {
+            result: Ok(Response::Claimed(Some(ClaimedInstance {
+                instance: "i".into(),
+                lock_token: token.into(),
+                now_ms: 0,
+                messages: vec![],
+                row: None,
+                history_execution_id: None,
+                history: vec![],
+                kv: vec![],
+            }))),
+            xid: None,
+            wrote: true,
+        }
+    }
+
+    #[test]
+    fn a_second_holder_within_the_lease_is_a_violation_after_it_is_not() {
+        let mut ledger = Ledger::default();
+        ledger.observe(&claim("a"), &claimed("a"), 10_000, false, 0);
+        ledger.observe(&claim("b"), &claimed("b"), 10_500, false, 1);
+        let found = &ledger.findings.violations[&Invariant::SingleHolder];
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("while a holds it"), "{found:?}");
+        ledger.observe(&claim("c"), &claimed("c"), 11_500, false, 2);
+        assert_eq!(ledger.findings.violations[&Invariant::SingleHolder].len(), 1);
+    }
+
+    #[test]
+    fn an_instance_row_created_outside_a_turn_is_a_violation() {
+        let mut ledger = Ledger::default();
+        let cleanup = Request::CleanupSessions;
+        let done = Executed {
+            result: Ok(Response::Count(0)),
+            xid: None,
+            wrote: false,
+        };
+        ledger.observe(&cleanup, &done, 0, true, 0);
+        assert!(ledger.findings.violations[&Invariant::CreatedByAck][0].contains("cleanup_sessions"));
+    }
+}

@@ -601,3 +601,79 @@ pub fn run_activity(instance: &str, execution_id: u64, id: u64, name: &str, inpu
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn item(history: Vec<Event>, messages: Vec<WorkItem>) -> OrchestrationItem {
+        OrchestrationItem {
+            instance: "p/e1/s4".into(),
+            orchestration_name: CHILD.into(),
+            execution_id: 1,
+            version: VERSION.into(),
+            history,
+            messages,
+            history_error: None,
+            kv_snapshot: HashMap::new(),
+        }
+    }
+
+    fn child_start() -> WorkItem {
+        WorkItem::StartOrchestration {
+            instance: "p/e1/s4".into(),
+            orchestration: CHILD.into(),
+            input: Spec::child(1).to_input(),
+            version: None,
+            parent_instance: Some("p".into()),
+            parent_id: Some(4),
+            parent_execution_id: Some(1),
+            execution_id: 1,
+        }
+    }
+
+    #[test]
+    fn a_first_turn_starts_schedules_and_names_the_instance() {
+        let Decision::Ack(out) = decide(&item(vec![], vec![child_start()]), 1_000) else {
+            panic!("a start is acked");
+        };
+        let ids: Vec<u64> = out.delta.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert!(matches!(out.delta[0].kind, EventKind::OrchestrationStarted { .. }));
+        assert_eq!(out.delta[0].timestamp_ms, 1_000, "timestamps come from the host clock");
+        assert_eq!(out.metadata.orchestration_name.as_deref(), Some(CHILD));
+        assert!(matches!(
+            &out.worker_items[..],
+            [WorkItem::ActivityExecute { id: 2, .. }]
+        ));
+    }
+
+    #[test]
+    fn a_completion_finishes_a_child_and_notifies_its_parent() {
+        let Decision::Ack(first) = decide(&item(vec![], vec![child_start()]), 1_000) else {
+            panic!("a start is acked");
+        };
+        let done = run_activity("p/e1/s4", 1, 2, WORK, "100");
+        let Decision::Ack(out) = decide(&item(first.delta, vec![done]), 2_000) else {
+            panic!("a completion is acked");
+        };
+        assert_eq!(out.metadata.status.as_deref(), Some("Completed"));
+        assert_eq!(out.metadata.output.as_deref(), Some("a100"));
+        assert!(matches!(
+            &out.orchestrator_items[..],
+            [WorkItem::SubOrchCompleted { parent_id: 4, parent_instance, .. }] if parent_instance == "p"
+        ));
+    }
+
+    #[test]
+    fn a_failed_first_turn_still_notifies_the_parent() {
+        let details = app_error("boom".into());
+        let out = failure_turn(&item(vec![], vec![child_start()]), details, 1_000);
+        assert_eq!(out.metadata.status.as_deref(), Some("Failed"));
+        assert!(matches!(
+            &out.orchestrator_items[..],
+            [WorkItem::SubOrchFailed { parent_id: 4, .. }]
+        ));
+    }
+}
