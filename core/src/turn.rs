@@ -498,12 +498,7 @@ mod tests {
         let kv: Vec<&TurnOp> = plan
             .ops
             .iter()
-            .filter(|o| {
-                matches!(
-                    o,
-                    TurnOp::KvSet { .. } | TurnOp::KvClearAll | TurnOp::KvMergeDelta
-                )
-            })
+            .filter(|o| matches!(o, TurnOp::KvSet { .. } | TurnOp::KvClearAll | TurnOp::KvMergeDelta))
             .collect();
         assert_eq!(kv.len(), 3);
         assert!(matches!(kv[0], TurnOp::KvSet { at_ms: 7, .. }));

@@ -200,15 +200,37 @@ impl<S: Store> Engine<S> {
     /// reply before deciding anything: committed means applied, aborted means
     /// run it again. An outcome that stays unknown is remembered against the
     /// lock token, so a later call with the same token can still learn it.
-    async fn write<F, Fut>(
-        &self,
-        operation: &'static str,
-        lock_token: &str,
-        mut op: F,
-    ) -> Result<Guarded, ProviderError>
+    async fn write<F, Fut>(&self, operation: &'static str, lock_token: &str, op: F) -> Result<Guarded, ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Guarded, StoreFault>>,
+    {
+        self.resolved(operation, Some(lock_token), Guarded::Applied, op).await
+    }
+
+    /// Run a write that is not idempotent (an enqueue, a history append)
+    /// under the retry policy, resolving a lost COMMIT reply like
+    /// [`Engine::write`] does, so a retry never applies it twice.
+    async fn write_once<F, Fut>(&self, operation: &'static str, op: F) -> Result<(), ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), StoreFault>>,
+    {
+        self.resolved(operation, None, (), op).await
+    }
+
+    /// The loop behind [`Engine::write`] and [`Engine::write_once`]:
+    /// `committed` is the result of a write the store says committed.
+    async fn resolved<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        lock_token: Option<&str>,
+        committed: T,
+        mut op: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreFault>>,
     {
         let mut reruns = 0;
         loop {
@@ -228,7 +250,7 @@ impl<S: Store> Engine<S> {
             match self.commit_status(operation, xid).await {
                 CommitStatus::Committed => {
                     tracing::info!(operation, xid, "commit reply was lost; the transaction committed");
-                    return Ok(Guarded::Applied);
+                    return Ok(committed);
                 }
                 CommitStatus::Aborted if reruns < self.config.retry.max_attempts => {
                     tracing::info!(
@@ -239,7 +261,9 @@ impl<S: Store> Engine<S> {
                     reruns += 1;
                 }
                 _ => {
-                    self.remember_unresolved(lock_token, xid);
+                    if let Some(token) = lock_token {
+                        self.remember_unresolved(token, xid);
+                    }
                     return Err(self.fault_error(operation, &fault));
                 }
             }

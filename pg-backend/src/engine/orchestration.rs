@@ -25,7 +25,7 @@ impl<S: Store> Engine<S> {
     ) -> Result<(), ProviderError> {
         const OP: &str = "enqueue_for_orchestrator";
         let row = orchestrator_row(&item, delay, self.config.limits).map_err(|e| refuse(OP, e))?;
-        self.call(OP, || self.store.enqueue_orchestrator(&row)).await?;
+        self.write_once(OP, || self.store.enqueue_orchestrator(&row)).await?;
         if delay.is_none() {
             self.store.signals().wake(QueueKind::Orchestrator, 1);
         }
@@ -235,7 +235,7 @@ impl<S: Store> Engine<S> {
         if rows.is_empty() {
             return Ok(());
         }
-        self.call(OP, || self.store.append_history(instance, execution_id, &rows))
+        self.write_once(OP, || self.store.append_history(instance, execution_id, &rows))
             .await
     }
 }

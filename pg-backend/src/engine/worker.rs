@@ -17,7 +17,7 @@ impl<S: Store> Engine<S> {
     pub(crate) async fn enqueue_worker_item(&self, item: WorkItem) -> Result<(), ProviderError> {
         const OP: &str = "enqueue_for_worker";
         let row = worker_row(&item, self.config.limits).map_err(|e| refuse(OP, e))?;
-        self.call(OP, || self.store.enqueue_worker(&row)).await?;
+        self.write_once(OP, || self.store.enqueue_worker(&row)).await?;
         self.store.signals().wake(QueueKind::Worker, 1);
         Ok(())
     }

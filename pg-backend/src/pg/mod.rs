@@ -213,6 +213,27 @@ impl PgStore {
     pub(crate) async fn rollback(&self, conn: &mut PgConn) {
         conn.rollback(&self.sql.rollback).await;
     }
+
+    /// One write that is not idempotent, in a transaction that learns its
+    /// id before `COMMIT`. In autocommit mode a reply lost after the
+    /// statement ran looks exactly like a request that never arrived (a
+    /// closed connection, retryable), and the engine's retry would apply the
+    /// write twice; here it is [`StoreFault::CommitOutcomeUnknown`] with the
+    /// id, which the engine resolves with [`Store::commit_status`].
+    pub(crate) async fn write_once(&self, stmt: Stmt<'_>) -> Result<(), StoreFault> {
+        let mut conn = self.conn().await?;
+        let results = self.begin(&mut conn, vec![stmt, Stmt::new(&self.sql.txid)]).await?;
+        let xid = match results[1].first() {
+            Some(row) => error::col::<i64>(row, 0, "txid_current", &|| "write".into()).map(error::uint)?,
+            None => {
+                self.rollback(&mut conn).await;
+                return Err(StoreFault::Client {
+                    detail: "txid_current() returned no row".into(),
+                });
+            }
+        };
+        self.commit(&mut conn, Some(xid)).await
+    }
 }
 
 /// Whether a `RETURNING` result found its row.

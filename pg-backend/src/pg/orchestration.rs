@@ -44,7 +44,7 @@ impl PgStore {
             .bind(at)
             .bind(channel)
             .bind(origin);
-        self.run(&[stmt]).await.map(|_| ())
+        self.write_once(stmt).await
     }
 
     pub(super) async fn claim(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault> {
@@ -184,9 +184,8 @@ impl PgStore {
         execution_id: u64,
         rows: &[HistoryRow],
     ) -> Result<(), StoreFault> {
-        self.run(&[append_stmt(&self.sql.append_history, instance, execution_id, rows)])
+        self.write_once(append_stmt(&self.sql.append_history, instance, execution_id, rows))
             .await
-            .map(|_| ())
     }
 }
 

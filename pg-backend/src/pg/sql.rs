@@ -346,13 +346,14 @@ statements! {
         )
         SELECT d.session_id, pg_catalog.txid_current() FROM d";
 
-    /// Unlock an activity, optionally hiding it ($2 ms) and giving back the attempt ($3).
+    /// Unlock an activity, optionally hiding it ($2 ms) and giving back the
+    /// attempt ($3); learn the transaction id.
     abandon_work = "UPDATE {s}.worker_queue
         SET lock_token = NULL, locked_until_ms = NULL,
             visible_at_ms = {now} + COALESCE($2::bigint, 0),
             attempt_count = CASE WHEN $3::boolean THEN GREATEST(attempt_count - 1, 0) ELSE attempt_count END
         WHERE lock_token = $1
-        RETURNING id";
+        RETURNING id, pg_catalog.txid_current()";
 
     /// Extend an unexpired activity lock, never shortening it, and mark
     /// activity on its session (while the session lock is live).

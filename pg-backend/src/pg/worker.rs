@@ -36,7 +36,7 @@ impl PgStore {
             .bind(row.payload.as_str())
             .bind(self.schema.as_str())
             .bind(self.origin.as_str());
-        self.run(&[stmt]).await.map(|_| ())
+        self.write_once(stmt).await
     }
 
     pub(super) async fn claim_work(&self, claim: &WorkClaim) -> Result<Option<ClaimedWork>, StoreFault> {
@@ -126,9 +126,17 @@ impl PgStore {
         if delay_ms.is_none() {
             stmts.push(self.notify_stmt(QueueKind::Worker, 1));
         }
+        // A transaction that learns its id, so a lost COMMIT reply is
+        // resolved rather than retried into "no such token".
         let mut conn = self.conn().await?;
-        let results = self.transact(&mut conn, stmts).await?;
-        Ok(guarded(&results[0]))
+        let results = self.begin(&mut conn, stmts).await?;
+        let Some(row) = results[0].first() else {
+            self.rollback(&mut conn).await;
+            return Ok(Guarded::NotHeld);
+        };
+        let xid = uint(col(row, 1, "worker_queue", &|| format!("lock token {lock_token:?}"))?);
+        self.commit(&mut conn, Some(xid)).await?;
+        Ok(Guarded::Applied)
     }
 
     pub(super) async fn renew_work(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault> {
