@@ -6,6 +6,9 @@
 //! command that starts it.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
+pub mod workload;
+
 use async_trait::async_trait;
 use duropg::{PgProvider, PgProviderBuilder};
 use duroxide::provider_validations::ProviderFactory;

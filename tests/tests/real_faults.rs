@@ -1,0 +1,153 @@
+//! Real Postgres faults under the real duroxide runtime, on a throwaway
+//! cluster each test starts for itself (the shared server is never touched):
+//! the server restarted mid-run, and every provider connection killed every
+//! 500 ms. Nothing may be lost, failed, wrong or completed twice.
+
+use duropg::PgProvider;
+use duropg_tests::cluster::Cluster;
+use duropg_tests::workload::{self, RunLog};
+use duroxide::runtime::{Runtime, RuntimeOptions};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bound on waiting for a whole run to finish once faults stop.
+const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+fn options() -> RuntimeOptions {
+    // Four orchestration and four activity dispatchers, as in the measurements
+    // of duroxide-pg that these tests are compared with.
+    RuntimeOptions {
+        orchestration_concurrency: 4,
+        worker_concurrency: 4,
+        ..Default::default()
+    }
+}
+
+struct Run {
+    provider: Arc<PgProvider>,
+    runtime: Arc<Runtime>,
+    client: duroxide::Client,
+    log: RunLog,
+}
+
+async fn start_run(cluster: &Cluster) -> Run {
+    duropg_tests::init_tracing();
+    let provider = PgProvider::builder(&cluster.url())
+        .schema("faults")
+        .pool_size(12)
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("provider on the throwaway cluster: {e}"));
+    let provider = Arc::new(provider);
+    let log = RunLog::default();
+    let runtime = Runtime::start_with_options(
+        provider.clone(),
+        workload::activities(log.clone()),
+        workload::orchestrations(),
+        options(),
+    )
+    .await;
+    let client = duroxide::Client::new(provider.clone());
+    Run {
+        provider,
+        runtime,
+        client,
+        log,
+    }
+}
+
+/// Wait until the run's activities have run at least `runs` times in all.
+async fn wait_for_progress(log: &RunLog, runs: u64) {
+    let what = format!("{runs} activity runs");
+    duropg_tests::cluster::wait_until(&what, RUN_LIMIT, Duration::from_millis(20), || async {
+        log.counts().values().map(|n| u64::from(*n)).sum::<u64>() >= runs
+    })
+    .await;
+}
+
+/// Every instance is Completed and none Failed, by the management API; then stop.
+async fn finish(run: Run, count: u64) {
+    let metrics = run.client.get_system_metrics().await.expect("system metrics");
+    assert_eq!(
+        (metrics.completed_instances, metrics.failed_instances),
+        (count, 0),
+        "{metrics:?}"
+    );
+    run.runtime.clone().shutdown(Some(2_000)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fast_restarts_mid_run_lose_nothing() {
+    const COUNT: u64 = 200;
+    let cluster = Cluster::start().await;
+    let run = start_run(&cluster).await;
+    workload::start_all(&run.client, "restart", COUNT).await;
+    let total_runs = COUNT * workload::STEPS;
+    let mut restarts = 0;
+    for at in [total_runs / 5, total_runs / 2] {
+        wait_for_progress(&run.log, at).await;
+        cluster.restart_fast().await;
+        restarts += 1;
+    }
+    let outcome = workload::check_all(&run.client, run.provider.as_ref(), "restart", COUNT, RUN_LIMIT).await;
+    let log = run.log.clone();
+    finish(run, COUNT).await;
+    eprintln!(
+        "restart: {COUNT} orchestrations x {} activities, {restarts} fast restarts survived, {} correct, {} lost or wrong, {} duplicate activity runs",
+        workload::STEPS,
+        outcome.correct,
+        outcome.problems.len(),
+        log.duplicate_runs()
+    );
+    assert!(outcome.problems.is_empty(), "{:#?}", outcome.problems);
+    assert_eq!(outcome.correct, COUNT);
+}
+
+/// Terminate every provider backend every 500 ms until `stop` is set;
+/// returns how many backends were killed.
+async fn kill_loop(cluster: &Cluster, stop: &AtomicBool) -> u64 {
+    let admin = cluster.admin().await;
+    let mut killed = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let rows = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'duropg' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("terminate backends");
+        killed += rows.iter().filter(|r| r.get::<_, bool>(0)).count() as u64;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    killed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_every_connection_every_500ms_loses_nothing() {
+    const COUNT: u64 = 100;
+    let cluster = Cluster::start().await;
+    let run = start_run(&cluster).await;
+    let stop = AtomicBool::new(false);
+    let killer = kill_loop(&cluster, &stop);
+    let work = async {
+        workload::start_all(&run.client, "kill", COUNT).await;
+        let outcome = workload::check_all(&run.client, run.provider.as_ref(), "kill", COUNT, RUN_LIMIT).await;
+        stop.store(true, Ordering::SeqCst);
+        outcome
+    };
+    let (killed, outcome) = tokio::join!(killer, work);
+    let log = run.log.clone();
+    finish(run, COUNT).await;
+    eprintln!(
+        "kill: {COUNT} orchestrations x {} activities, {killed} backends terminated, {} correct, {} lost or wrong, {} duplicate activity runs",
+        workload::STEPS,
+        outcome.correct,
+        outcome.problems.len(),
+        log.duplicate_runs()
+    );
+    assert!(killed > 0, "the kill loop must have terminated provider connections");
+    assert!(outcome.problems.is_empty(), "{:#?}", outcome.problems);
+    assert_eq!(outcome.correct, COUNT);
+}
