@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod nodes;
+pub mod recorder;
 pub mod workload;
 
 use async_trait::async_trait;

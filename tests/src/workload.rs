@@ -20,6 +20,9 @@ pub fn expected_output(n: u64) -> String {
     (n + STEPS * (STEPS + 1) / 2).to_string()
 }
 
+/// How often each (instance, step) activity ran.
+pub type RunCounts = HashMap<(String, u64), u32>;
+
 /// Every activity run, keyed by (instance, step). Shared by the activities
 /// of one process.
 #[derive(Debug, Clone, Default)]
@@ -35,7 +38,7 @@ impl RunLog {
     }
 
     /// Every (instance, step) and how often it ran.
-    pub fn counts(&self) -> HashMap<(String, u64), u32> {
+    pub fn counts(&self) -> RunCounts {
         self.runs.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
@@ -46,7 +49,7 @@ impl RunLog {
 }
 
 /// Runs beyond the first of each key.
-pub fn duplicate_runs(counts: &HashMap<(String, u64), u32>) -> u64 {
+pub fn duplicate_runs(counts: &RunCounts) -> u64 {
     counts.values().map(|n| u64::from(n.saturating_sub(1))).sum()
 }
 

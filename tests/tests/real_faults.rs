@@ -1,15 +1,23 @@
 //! Real Postgres faults under the real duroxide runtime, on a throwaway
 //! cluster each test starts for itself (the shared server is never touched):
 //! the server restarted mid-run, and every provider connection killed every
-//! 500 ms. Nothing may be lost, failed, wrong or completed twice.
+//! 500 ms. Nothing may be lost, failed, wrong or completed twice. And three
+//! separate OS processes sharing one schema (on the shared server: nothing
+//! is restarted there) never work on one instance at the same time.
 
 use duropg::PgProvider;
 use duropg_tests::cluster::Cluster;
-use duropg_tests::workload::{self, RunLog};
+use duropg_tests::nodes::Node;
+use duropg_tests::recorder::{overlaps, Turn};
+use duropg_tests::workload::{self, RunCounts, RunLog};
+use duropg_tests::{database_url, TestSchema};
 use duroxide::runtime::{Runtime, RuntimeOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The multi-process test binary.
+const NODE: &str = env!("CARGO_BIN_EXE_duropg-node");
 
 /// Bound on waiting for a whole run to finish once faults stop.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -150,4 +158,65 @@ async fn killing_every_connection_every_500ms_loses_nothing() {
     assert!(killed > 0, "the kill loop must have terminated provider connections");
     assert!(outcome.problems.is_empty(), "{:#?}", outcome.problems);
     assert_eq!(outcome.correct, COUNT);
+}
+
+/// What the work nodes reported: turns and activity-run counts.
+fn parse_reports(reports: &[duropg_tests::nodes::NodeReport]) -> (Vec<Vec<Turn>>, RunCounts) {
+    let mut turns = Vec::new();
+    let mut runs = RunCounts::new();
+    for report in reports {
+        assert!(report.success, "a node failed:\n{}", report.stderr);
+        let mut mine = Vec::new();
+        for line in &report.lines {
+            if let Some(t) = line.strip_prefix("turn ") {
+                mine.push(Turn::from_line(t).unwrap_or_else(|| panic!("bad turn line {line:?}")));
+            } else if let Some(r) = line.strip_prefix("run ") {
+                let parts: Vec<&str> = r.split_whitespace().collect();
+                let key = (parts[0].to_string(), parts[1].parse().expect("step"));
+                *runs.entry(key).or_insert(0) += parts[2].parse::<u32>().expect("count");
+            }
+        }
+        turns.push(mine);
+    }
+    (turns, runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_on_one_schema_never_work_one_instance_at_once() {
+    const COUNT: u64 = 300;
+    let schema = TestSchema::new("three_procs");
+    let provider = Arc::new(schema.provider().await);
+    let client = duroxide::Client::new(provider.clone());
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let mut node = Node::spawn(NODE, "work", &database_url(), schema.name()).await;
+        node.send("go").await;
+        node.expect_line("running").await;
+        nodes.push(node);
+    }
+    workload::start_all(&client, "procs", COUNT).await;
+    let outcome = workload::check_all(&client, provider.as_ref(), "procs", COUNT, RUN_LIMIT).await;
+    let reports = futures::future::join_all(nodes.into_iter().map(Node::finish)).await;
+    let (turns, runs) = parse_reports(&reports);
+    let all: Vec<Turn> = turns.iter().flatten().cloned().collect();
+    let overlapping = overlaps(&all);
+    let per_process: Vec<usize> = turns.iter().map(Vec::len).collect();
+    eprintln!(
+        "3 processes: {COUNT} orchestrations x {} activities, turns per process {per_process:?}, {} overlapping turns, {} correct, {} lost or wrong, {} duplicate activity runs",
+        workload::STEPS,
+        overlapping.len(),
+        outcome.correct,
+        outcome.problems.len(),
+        workload::duplicate_runs(&runs)
+    );
+    assert!(outcome.problems.is_empty(), "{:#?}", outcome.problems);
+    assert!(
+        overlapping.is_empty(),
+        "two processes held one instance at once: {overlapping:#?}"
+    );
+    assert!(
+        per_process.iter().all(|n| *n > 0),
+        "every process must have run turns: {per_process:?}"
+    );
+    assert_eq!(runs.len() as u64, COUNT * workload::STEPS, "every activity ran");
 }
