@@ -85,10 +85,22 @@ async fn finish(run: Run, count: u64) {
     run.runtime.clone().shutdown(Some(2_000)).await;
 }
 
+/// When the server last started (a restart changes it).
+async fn postmaster_start(cluster: &Cluster) -> String {
+    let row = cluster
+        .admin()
+        .await
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .await
+        .expect("postmaster start time");
+    row.get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_fast_restarts_mid_run_lose_nothing() {
     const COUNT: u64 = 200;
     let cluster = Cluster::start().await;
+    let started_at = postmaster_start(&cluster).await;
     let run = start_run(&cluster).await;
     workload::start_all(&run.client, "restart", COUNT).await;
     let total_runs = COUNT * workload::STEPS;
@@ -98,6 +110,10 @@ async fn two_fast_restarts_mid_run_lose_nothing() {
         cluster.restart_fast().await;
         restarts += 1;
     }
+    assert!(
+        postmaster_start(&cluster).await > started_at,
+        "the server really restarted"
+    );
     let outcome = workload::check_all(&run.client, run.provider.as_ref(), "restart", COUNT, RUN_LIMIT).await;
     let log = run.log.clone();
     finish(run, COUNT).await;
