@@ -3,7 +3,8 @@
 
 use crate::engine::{Engine, EngineConfig, TokenSource, UuidTokens};
 use crate::pg::migrate::{migrate, MigrateError};
-use crate::pg::{plain_connector, ConnectionManager, Connector, PgStore};
+use crate::pg::tls::{connector_for, parse_roots, split_tls_params, SslMode};
+use crate::pg::{ConnectionManager, Connector, PgStore};
 use crate::retry::RetryPolicy;
 use crate::PgProvider;
 use duropg_core::schema_name::{SchemaName, SchemaNameError};
@@ -61,7 +62,9 @@ pub struct PgProviderBuilder {
     migrate: bool,
     engine: EngineConfig,
     tokens: Arc<dyn TokenSource>,
-    connector: Connector,
+    connector: Option<Connector>,
+    ssl_mode: Option<SslMode>,
+    ssl_root_pem: Vec<u8>,
 }
 
 impl fmt::Debug for PgProviderBuilder {
@@ -73,6 +76,7 @@ impl fmt::Debug for PgProviderBuilder {
             .field("pool_wait", &self.pool_wait)
             .field("statement_timeout", &self.statement_timeout)
             .field("migrate", &self.migrate)
+            .field("ssl_mode", &self.ssl_mode)
             .field("engine", &self.engine)
             .finish_non_exhaustive()
     }
@@ -100,7 +104,9 @@ impl PgProvider {
             migrate: true,
             engine: EngineConfig::default(),
             tokens: Arc::new(UuidTokens),
-            connector: plain_connector(),
+            connector: None,
+            ssl_mode: None,
+            ssl_root_pem: Vec::new(),
         }
     }
 }
@@ -176,18 +182,67 @@ impl PgProviderBuilder {
         self
     }
 
-    /// How raw connections are opened (default: no TLS).
+    /// How raw connections are opened, replacing the TLS choice made from
+    /// `sslmode` (for a TLS stack of your own).
     pub fn connector(mut self, connector: Connector) -> Self {
-        self.connector = connector;
+        self.connector = Some(connector);
         self
     }
 
-    fn check(&self) -> Result<(SchemaName, tokio_postgres::Config), PgError> {
+    /// TLS mode, overriding the connection string's `sslmode` (see
+    /// [`SslMode`] and `docs/operations.md`).
+    pub fn ssl_mode(mut self, mode: SslMode) -> Self {
+        self.ssl_mode = Some(mode);
+        self
+    }
+
+    /// Trust these PEM root certificates (in addition to any `sslrootcert`
+    /// file named in the connection string) for `verify-ca`/`verify-full`.
+    pub fn ssl_root_cert_pem(mut self, pem: &[u8]) -> Self {
+        self.ssl_root_pem.extend_from_slice(pem);
+        self.ssl_root_pem.push(b'\n');
+        self
+    }
+
+    /// The TLS mode and connector from the connection string's `sslmode`
+    /// and `sslrootcert` and the builder's overrides.
+    fn tls(&self, mode: Option<&str>, root_file: Option<&str>) -> Result<(SslMode, Connector), PgError> {
+        let mode = match (self.ssl_mode, mode) {
+            (Some(m), _) => m,
+            (None, Some(text)) => SslMode::parse(text).ok_or_else(|| {
+                PgError::InvalidUrl(format!(
+                    "sslmode {text:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                ))
+            })?,
+            (None, None) => SslMode::Prefer,
+        };
+        let mut pem = self.ssl_root_pem.clone();
+        if let Some(path) = root_file {
+            let file = std::fs::read(path)
+                .map_err(|e| PgError::InvalidSetting(format!("cannot read sslrootcert file {path:?}: {e}")))?;
+            pem.extend_from_slice(&file);
+        }
+        let roots = if pem.is_empty() {
+            Vec::new()
+        } else {
+            parse_roots(&pem).map_err(|e| PgError::InvalidSetting(format!("root certificates: {e}")))?
+        };
+        let connector = match &self.connector {
+            Some(c) => c.clone(),
+            None => connector_for(mode, roots).map_err(PgError::InvalidSetting)?,
+        };
+        Ok((mode, connector))
+    }
+
+    fn check(&self) -> Result<(SchemaName, tokio_postgres::Config, Connector), PgError> {
         let schema = SchemaName::parse(&self.schema).map_err(PgError::InvalidSchema)?;
-        let config: tokio_postgres::Config = self
-            .url
+        // The driver knows neither verify-* modes nor sslrootcert: take them out first.
+        let (url, tls_params) = split_tls_params(&self.url);
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| PgError::InvalidUrl(e.to_string()))?;
+        let (mode, connector) = self.tls(tls_params.mode.as_deref(), tls_params.root_cert.as_deref())?;
+        config.ssl_mode(mode.driver_mode());
         if self.pool_size == 0 {
             return Err(PgError::InvalidSetting("pool_size must be at least 1".into()));
         }
@@ -199,7 +254,7 @@ impl PgProviderBuilder {
         if self.engine.limits.max_payload_bytes == 0 {
             return Err(PgError::InvalidSetting("max_payload_bytes must be above zero".into()));
         }
-        Ok((schema, config))
+        Ok((schema, config, connector))
     }
 
     /// Validate the settings, connect (bounded by the connect timeout),
@@ -210,13 +265,8 @@ impl PgProviderBuilder {
     /// connection is made), the connection string, the target `host:port`, or
     /// the schema's migration state.
     pub async fn build(self) -> Result<PgProvider, PgError> {
-        let (schema, config) = self.check()?;
-        let manager = ConnectionManager::new(
-            config,
-            self.connector.clone(),
-            self.connect_timeout,
-            self.statement_timeout,
-        );
+        let (schema, config, connector) = self.check()?;
+        let manager = ConnectionManager::new(config, connector, self.connect_timeout, self.statement_timeout);
         let first = manager.open().await.map_err(|e| PgError::Connect {
             target: manager.target(),
             detail: e.to_string(),

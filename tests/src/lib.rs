@@ -6,6 +6,11 @@
 //! command that starts it.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
+pub mod nodes;
+pub mod recorder;
+pub mod workload;
+
 use async_trait::async_trait;
 use duropg::{PgProvider, PgProviderBuilder};
 use duroxide::provider_validations::ProviderFactory;
@@ -324,5 +329,119 @@ pub fn completed_output(status: &duroxide::OrchestrationStatus) -> &str {
     match status {
         duroxide::OrchestrationStatus::Completed { output, .. } => output,
         other => panic!("expected Completed, got {other:?}"),
+    }
+}
+
+/// [`database_url`] with another user and/or database (URL form only).
+pub fn url_with(user: Option<&str>, database: Option<&str>) -> String {
+    let url = database_url();
+    let (scheme, rest) = url.split_once("://").expect("DATABASE_URL must be a postgres:// URL");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, "postgres"));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let original_user = authority.rsplit_once('@').map(|(u, _)| u);
+    let user = user.or(original_user).map(|u| format!("{u}@")).unwrap_or_default();
+    let (db, query) = path.split_once('?').map_or((path, None), |(d, q)| (d, Some(q)));
+    let db = database.unwrap_or(db);
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    format!("{scheme}://{user}{host}/{db}{query}")
+}
+
+/// Run `sql` as the superuser on the shared server from a thread of its own
+/// (usable from `Drop`, inside or outside a runtime, while unwinding).
+fn admin_blocking(sql: String) {
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        rt.block_on(async move {
+            if let Ok((client, conn)) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                let _ = client.batch_execute(&sql).await;
+            }
+        });
+    })
+    .join();
+}
+
+/// A login role on the shared server (no superuser, no rights of its own),
+/// dropped with everything it owns and every grant it holds.
+#[derive(Debug)]
+pub struct TestRole {
+    name: String,
+}
+
+impl TestRole {
+    /// Create `t_<label>_<pid>_<n>` with LOGIN.
+    pub async fn create(label: &str) -> Self {
+        let name = unique_schema(label);
+        admin()
+            .await
+            .batch_execute(&format!(
+                "CREATE ROLE \"{name}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+            ))
+            .await
+            .expect("create test role");
+        Self { name }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The test database URL as this role (the local server trusts loopback).
+    pub fn url(&self) -> String {
+        url_with(Some(&self.name), None)
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let n = &self.name;
+        admin_blocking(format!("DROP OWNED BY \"{n}\" CASCADE; DROP ROLE IF EXISTS \"{n}\""));
+    }
+}
+
+/// A database of its own on the shared server, dropped (sessions and all) on drop.
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+}
+
+impl TestDatabase {
+    /// Create `t_<label>_<pid>_<n>`.
+    pub async fn create(label: &str) -> Self {
+        let name = unique_schema(label);
+        admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create test database");
+        Self { name }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The superuser URL of this database.
+    pub fn url(&self) -> String {
+        url_with(None, Some(&self.name))
+    }
+
+    /// A superuser connection to this database.
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("{}", no_postgres(&e.to_string())));
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        admin_blocking(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name));
     }
 }

@@ -1,7 +1,9 @@
-//! Corrupted rows end as poison with an error naming the table and the row —
-//! never as an empty history, never as a silently skipped message.
+//! Corrupted rows — bad JSON or a work-item variant this build does not know,
+//! in history, either queue or the KV store — end as poison with an error
+//! naming the table and the row: never as an empty history, never as a
+//! silently skipped message.
 
-use duropg_tests::{admin, RuntimeHarness};
+use duropg_tests::{admin, completed_output, RuntimeHarness};
 use duroxide::providers::TagFilter;
 use duroxide::runtime::registry::ActivityRegistry;
 use duroxide::runtime::RuntimeOptions;
@@ -126,8 +128,9 @@ async fn an_unreadable_kv_row_ends_as_poison_naming_the_table() {
     h.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_corrupted_work_item_fails_its_activity_naming_the_row() {
+/// Replace the queued activity's payload with `payload`; a worker that runs
+/// tagged activities must fail it as poison naming the row.
+async fn bad_work_item_fails_its_activity_naming_the_row(label: &str, payload: &str) {
     let orchestrations = || {
         OrchestrationRegistry::builder()
             .register("Tagged", |ctx: OrchestrationContext, _in: String| async move {
@@ -136,7 +139,7 @@ async fn a_corrupted_work_item_fails_its_activity_naming_the_row() {
             .build()
     };
     // The first runtime never runs tagged activities, so the row waits for us.
-    let h = RuntimeHarness::start("corrupt_work", activities(), orchestrations()).await;
+    let h = RuntimeHarness::start(label, activities(), orchestrations()).await;
     h.client.start_orchestration("cw-1", "Tagged", "").await.unwrap();
     let c = admin().await;
     let count = format!(
@@ -151,10 +154,10 @@ async fn a_corrupted_work_item_fails_its_activity_naming_the_row() {
     }
     c.execute(
         &format!(
-            "UPDATE \"{}\".worker_queue SET work_item = 'garbage' WHERE instance_id = 'cw-1'",
+            "UPDATE \"{}\".worker_queue SET work_item = $1 WHERE instance_id = 'cw-1'",
             h.schema.name()
         ),
-        &[],
+        &[&payload],
     )
     .await
     .unwrap();
@@ -174,5 +177,63 @@ async fn a_corrupted_work_item_fails_its_activity_naming_the_row() {
         other => panic!("expected Failed, got {other:?}"),
     }
     second.shutdown(Some(2_000)).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupted_work_item_fails_its_activity_naming_the_row() {
+    bad_work_item_fails_its_activity_naming_the_row("corrupt_work", "garbage").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_work_item_variant_fails_its_activity_naming_the_row() {
+    let unknown = r#"{"ActivityExecuteV9":{"instance":"cw-1","execution_id":1,"id":2,"name":"Echo","input":"x"}}"#;
+    bad_work_item_fails_its_activity_naming_the_row("unknown_work", unknown).await;
+}
+
+/// Queue a raw message row for `instance`, bypassing the provider.
+async fn plant_message(h: &RuntimeHarness, instance: &str, payload: &str) {
+    admin()
+        .await
+        .execute(
+            &format!(
+                "INSERT INTO \"{}\".orchestrator_queue (instance_id, work_item, visible_at_ms, enqueued_at_ms)
+                 VALUES ($1, $2, 0, 0)",
+                h.schema.name()
+            ),
+            &[&instance, &payload],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_or_unknown_orchestrator_messages_end_as_poison_naming_the_table() {
+    let h = RuntimeHarness::start_with("corrupt_queue", activities(), waiter(), fast_poison()).await;
+    let cases = [
+        ("cq-garbage", "{\"ExternalRaised\": {\"instance\": "),
+        (
+            "cq-unknown",
+            r#"{"NoSuchWorkItem":{"instance":"cq-unknown","name":"go"}}"#,
+        ),
+    ];
+    for (instance, payload) in cases {
+        h.client.start_orchestration(instance, "Waiter", "").await.unwrap();
+        wait_for_history(&h, instance, 5).await;
+        plant_message(&h, instance, payload).await;
+    }
+    // A healthy instance beside them is untouched.
+    h.client.start_orchestration("cq-healthy", "Waiter", "").await.unwrap();
+    wait_for_history(&h, "cq-healthy", 5).await;
+    h.client.raise_event("cq-healthy", "go", "now").await.unwrap();
+    for (instance, _) in cases {
+        let (status, output) = final_info(&h, instance).await;
+        assert_eq!(status, "Failed", "{instance}");
+        assert!(
+            output.contains("poison") && output.contains("orchestrator_queue") && output.contains(instance),
+            "{instance}: {output}"
+        );
+    }
+    assert_eq!(completed_output(&h.wait("cq-healthy", WAIT).await), "one now");
     h.stop().await;
 }

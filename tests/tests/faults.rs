@@ -156,3 +156,60 @@ async fn a_pool_timeout_is_retryable() {
     assert!(err.message.contains("no pooled connection"), "{err:?}");
     assert!(waited >= Duration::from_millis(300), "waited {waited:?}");
 }
+
+async fn lock_queue(schema: &TestSchema) -> tokio_postgres::Client {
+    let locker = admin().await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE \"{}\".orchestrator_queue IN ACCESS EXCLUSIVE MODE",
+            schema.name()
+        ))
+        .await
+        .unwrap();
+    locker
+}
+
+fn raised(instance: &str) -> WorkItem {
+    WorkItem::ExternalRaised {
+        instance: instance.into(),
+        name: "e".into(),
+        data: "d".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_is_retryable_and_the_work_is_retried() {
+    let schema = TestSchema::new("statement_timeout");
+    let timeout = Duration::from_millis(300);
+    let once = schema
+        .builder()
+        .statement_timeout(timeout)
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .await
+        .unwrap();
+    let retrying = schema.builder().statement_timeout(timeout).build().await.unwrap();
+    let locker = lock_queue(&schema).await;
+    let err = once
+        .enqueue_for_orchestrator(raised("a"), None)
+        .await
+        .expect_err("the statement waits past its timeout");
+    assert!(err.is_retryable() && err.message.contains("57014"), "{err:?}");
+    // With retries, the same call outlasts a lock held for three timeouts.
+    let release = async {
+        tokio::time::sleep(timeout * 3).await;
+        locker.batch_execute("ROLLBACK").await.unwrap();
+    };
+    let (enqueued, ()) = tokio::join!(retrying.enqueue_for_orchestrator(raised("b"), None), release);
+    enqueued.expect("retried until the lock was gone");
+    let rows = admin()
+        .await
+        .query(
+            &format!("SELECT instance_id FROM \"{}\".orchestrator_queue", schema.name()),
+            &[],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, ["b"], "timed-out attempts wrote nothing; the retry wrote once");
+}

@@ -1,10 +1,20 @@
-//! Migrations: concurrent first start, the ledger, and refusal to touch a
-//! schema this build does not understand.
+//! Migrations: concurrent first start of separate processes, the ledger,
+//! refusal to touch a schema this build does not understand, and providers
+//! that keep working while another session migrates under them.
 
 use duropg::pg::migrate::{latest_version, MIGRATIONS};
 use duropg::PgError;
-use duropg_tests::{admin, TestSchema};
-use std::time::Instant;
+use duropg::RetryPolicy;
+use duropg_tests::nodes::Node;
+use duropg_tests::workload::{self, RunLog};
+use duropg_tests::{admin, database_url, RuntimeHarness, TestSchema};
+use duroxide::providers::Provider;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The multi-process test binary.
+const NODE: &str = env!("CARGO_BIN_EXE_duropg-node");
 
 async fn ledger(schema: &TestSchema) -> Vec<(i32, String)> {
     admin()
@@ -23,19 +33,53 @@ async fn ledger(schema: &TestSchema) -> Vec<(i32, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_first_start_migrates_exactly_once() {
+/// Distinct creating transactions of the schema and everything in it.
+async fn creating_transactions(schema: &TestSchema) -> i64 {
+    admin()
+        .await
+        .query_one(
+            "SELECT count(DISTINCT x) FROM (
+                SELECT xmin::text AS x FROM pg_namespace WHERE nspname = $1
+                UNION ALL
+                SELECT c.xmin::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1
+             ) created",
+            &[&schema.name()],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_starting_at_once_migrate_exactly_once() {
     let schema = TestSchema::new("concurrent_start");
-    let started = Instant::now();
-    let builds = (0..8).map(|_| schema.builder().pool_size(1).build());
-    let results = futures::future::join_all(builds).await;
-    let elapsed = started.elapsed();
-    for r in &results {
-        assert!(r.is_ok(), "{:?}", r.as_ref().err().map(ToString::to_string));
+    let mut nodes = Vec::new();
+    for _ in 0..8 {
+        nodes.push(Node::spawn(NODE, "connect", &database_url(), schema.name()).await);
+    }
+    // Every process is up and waiting: release them together.
+    for node in &mut nodes {
+        node.send("go").await;
+    }
+    let reports = futures::future::join_all(nodes.into_iter().map(Node::finish)).await;
+    let mut applied = 0;
+    for r in &reports {
+        assert!(r.success && r.lines == ["ok"], "{:?}\n{}", r.lines, r.stderr);
+        applied += r.stderr.matches("applied migration").count();
     }
     let rows = ledger(&schema).await;
+    eprintln!("8 processes on an empty schema: all started; {applied} migration(s) applied in all");
+    assert_eq!(
+        applied,
+        MIGRATIONS.len(),
+        "each migration applied by exactly one process"
+    );
     assert_eq!(rows.len(), MIGRATIONS.len(), "each migration recorded once: {rows:?}");
-    eprintln!("8 concurrent providers on an empty schema ready in {elapsed:?}");
+    assert_eq!(
+        creating_transactions(&schema).await,
+        1,
+        "one transaction created the schema"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,4 +158,58 @@ async fn without_migrations_a_missing_schema_is_an_error_naming_it() {
         .await
         .unwrap();
     assert!(exists.is_empty(), "migrate(false) must not create the schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_applied_while_providers_poll_is_ridden_out() {
+    let h = RuntimeHarness::start(
+        "migrate_poll",
+        workload::activities(RunLog::default()),
+        workload::orchestrations(),
+    )
+    .await;
+    // A second provider without retries, on one connection, shows the fault is real.
+    let bare = h
+        .schema
+        .builder()
+        .pool_size(1)
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .await
+        .unwrap();
+    workload::start_all(&h.client, "before", 10).await;
+    let before = workload::check_all(&h.client, h.provider.as_ref(), "before", 10, WAIT).await;
+    assert_eq!(before.correct, 10, "{:?}", before.problems);
+    // Prepares the history read on the bare provider's only connection.
+    bare.read("before-0").await.unwrap();
+    // Another session applies a "migration" that changes result types of
+    // statements every pooled connection has prepared.
+    admin()
+        .await
+        .batch_execute(&format!(
+            "BEGIN;
+             ALTER TABLE \"{s}\".history ALTER COLUMN event_data TYPE varchar;
+             ALTER TABLE \"{s}\".orchestrator_queue ALTER COLUMN work_item TYPE varchar;
+             ALTER TABLE \"{s}\".worker_queue ALTER COLUMN work_item TYPE varchar;
+             COMMIT;",
+            s = h.schema.name()
+        ))
+        .await
+        .unwrap();
+    let err = bare.read("before-0").await.expect_err("the cached plan is stale");
+    assert!(err.is_retryable() && err.message.contains("0A000"), "{err:?}");
+    assert_eq!(
+        bare.read("before-0").await.unwrap().len(),
+        12,
+        "the retry prepares afresh"
+    );
+    // The runtime's provider rides it out with its own retries.
+    workload::start_all(&h.client, "after", 10).await;
+    let after = workload::check_all(&h.client, h.provider.as_ref(), "after", 10, WAIT).await;
+    eprintln!(
+        "migration while polling: {} + {} orchestrations correct; without retries the first read failed: {}",
+        before.correct, after.correct, err.message
+    );
+    assert!(after.problems.is_empty(), "{:#?}", after.problems);
+    h.stop().await;
 }

@@ -109,7 +109,11 @@ impl fmt::Display for MigrateError {
                     Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
                     None => error.to_string(),
                 };
-                write!(f, "migrating schema {schema:?} failed while {step}: {detail}")
+                write!(f, "migrating schema {schema:?} failed while {step}: {detail}")?;
+                if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                    write!(f, "; this role may not change the schema: run the migrations once as a role that may create it (see Privileges in docs/operations.md)")?;
+                }
+                Ok(())
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod migrate;
 mod orchestration;
 mod reads;
 pub mod sql;
+pub mod tls;
 mod turn;
 mod worker;
 
