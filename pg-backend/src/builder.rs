@@ -276,6 +276,10 @@ impl PgProviderBuilder {
             .max_size(self.pool_size)
             .min_idle(None)
             .test_on_check_out(false)
+            // Most recently used first: work concentrates on few warm
+            // connections (prepared statements, caches) instead of
+            // round-robining over every connection the pool opened.
+            .queue_strategy(bb8::QueueStrategy::Lifo)
             .connection_timeout(self.pool_wait)
             .idle_timeout(Some(Duration::from_secs(300)))
             .max_lifetime(Some(Duration::from_secs(1800)))

@@ -156,14 +156,15 @@ pub struct Signal {
 impl Signal {
     /// Wake up to `n` waiters (at most 64 per call).
     pub fn wake(&self, n: usize) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.epoch.fetch_add(n as u64, Ordering::SeqCst);
         for _ in 0..n.min(64) {
             self.notify.notify_one();
         }
     }
 
-    /// How many wake-ups there have been: if it has not changed since a look
-    /// found the queue empty (and wake-ups cover every writer), it still is.
+    /// How many items have been announced so far. If every item announced
+    /// since a look found the queue empty has been claimed since (and
+    /// announcements cover every writer), the queue is empty still.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
     }
@@ -319,6 +320,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// What became of transaction `xid`.
     async fn commit_status(&self, xid: u64) -> Result<CommitStatus, StoreFault>;
+
+    /// Whether the store wakes local fetchers itself for the work its writes
+    /// make claimable (so the engine need not, and should not, double them).
+    fn wakes_for_own_writes(&self) -> bool {
+        false
+    }
 
     /// After a claim on `queue` found nothing: how long until the next
     /// message there becomes visible, if the store knows (it lets an idle

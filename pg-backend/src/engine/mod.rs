@@ -33,6 +33,7 @@ use duropg_core::StoreFault;
 use duroxide::providers::ProviderError;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -125,16 +126,53 @@ pub struct Engine<S: Store> {
     unresolved: Mutex<HashMap<String, u64>>,
     leases: Mutex<HashMap<String, String>>,
     empty: Mutex<HashMap<String, EmptyMark>>,
+    stats: FetchStats,
 }
 
-/// A look that found a queue empty (for one kind of claim): while no wake-up
-/// has come since, the re-check interval has not passed and no delayed
-/// message is due, looking again would find it empty again.
+/// Counters of what the engine's fetches did, for observability and the
+/// benchmark: how many looks went to the database and how many found nothing.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    looks: [AtomicU64; 2],
+    empty: [AtomicU64; 2],
+    skipped: [AtomicU64; 2],
+}
+
+/// A snapshot of [`FetchStats`] for one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchCounts {
+    /// Claims sent to the store.
+    pub looks: u64,
+    /// Of those, claims that found nothing.
+    pub empty: u64,
+    /// Looks skipped because the queue was known to be empty.
+    pub skipped: u64,
+}
+
+impl FetchStats {
+    /// The counts for one queue.
+    pub fn counts(&self, queue: QueueKind) -> FetchCounts {
+        let i = queue as usize;
+        FetchCounts {
+            looks: self.looks[i].load(Ordering::Relaxed),
+            empty: self.empty[i].load(Ordering::Relaxed),
+            skipped: self.skipped[i].load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A look that found a queue empty (for one kind of claim). While every item
+/// announced since has also been claimed since by this kind of claim, the
+/// re-check interval has not passed and no delayed message is due, looking
+/// again would find it empty again.
 #[derive(Debug, Clone, Copy)]
 struct EmptyMark {
+    /// Items announced when the empty look started.
     epoch: u64,
     seen_at: Instant,
     due_at: Option<Instant>,
+    /// Claims made since by this kind of claim.
+    claimed: u64,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -157,7 +195,22 @@ impl<S: Store> Engine<S> {
             unresolved: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             empty: Mutex::new(HashMap::new()),
+            stats: FetchStats::default(),
         }
+    }
+
+    /// Wake local fetchers for work this engine's write made visible — unless
+    /// the store does that itself (it knows better: e.g. not for a message to
+    /// a locked instance).
+    fn wake_local(&self, queue: QueueKind, n: usize) {
+        if !self.store.wakes_for_own_writes() {
+            self.store.signals().wake(queue, n);
+        }
+    }
+
+    /// What fetches have done so far.
+    pub fn fetch_stats(&self) -> &FetchStats {
+        &self.stats
     }
 
     /// Replace the storage-fault classifier. Only for the simulator's proof
@@ -344,7 +397,20 @@ impl<S: Store> Engine<S> {
         let mark = marks
             .as_ref()
             .and_then(|m| m.get(&empty_key(queue, claim_key)).copied());
-        mark.is_some_and(|m| m.epoch == epoch && now < m.seen_at + recheck && m.due_at.is_none_or(|due| now < due))
+        mark.is_some_and(|m| {
+            epoch.saturating_sub(m.epoch) <= m.claimed
+                && now < m.seen_at + recheck
+                && m.due_at.is_none_or(|due| now < due)
+        })
+    }
+
+    /// A claim of this kind succeeded: it consumed one announced item.
+    fn note_claimed(&self, queue: QueueKind, claim_key: &str) {
+        if let Ok(mut marks) = self.empty.lock() {
+            if let Some(m) = marks.get_mut(&empty_key(queue, claim_key)) {
+                m.claimed += 1;
+            }
+        }
     }
 
     fn note_empty(&self, queue: QueueKind, claim_key: &str, epoch: u64, seen_at: Instant) {
@@ -356,7 +422,13 @@ impl<S: Store> Engine<S> {
             if marks.len() > 64 {
                 marks.clear();
             }
-            marks.insert(empty_key(queue, claim_key), EmptyMark { epoch, seen_at, due_at });
+            let mark = EmptyMark {
+                epoch,
+                seen_at,
+                due_at,
+                claimed: 0,
+            };
+            marks.insert(empty_key(queue, claim_key), mark);
         }
     }
 
@@ -390,11 +462,17 @@ impl<S: Store> Engine<S> {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let epoch = signals.queue(queue).epoch();
-            if !self.known_empty(queue, claim_key, epoch) {
+            let q = queue as usize;
+            if self.known_empty(queue, claim_key, epoch) {
+                self.stats.skipped[q].fetch_add(1, Ordering::Relaxed);
+            } else {
                 let started = Instant::now();
+                self.stats.looks[q].fetch_add(1, Ordering::Relaxed);
                 if let Some(found) = attempt().await? {
+                    self.note_claimed(queue, claim_key);
                     return Ok(Some(found));
                 }
+                self.stats.empty[q].fetch_add(1, Ordering::Relaxed);
                 self.note_empty(queue, claim_key, epoch, started);
             }
             let now = Instant::now();

@@ -27,7 +27,7 @@ impl<S: Store> Engine<S> {
         let row = orchestrator_row(&item, delay, self.config.limits).map_err(|e| refuse(OP, e))?;
         self.write_once(OP, || self.store.enqueue_orchestrator(&row)).await?;
         if delay.is_none() {
-            self.store.signals().wake(QueueKind::Orchestrator, 1);
+            self.wake_local(QueueKind::Orchestrator, 1);
         }
         Ok(())
     }
@@ -148,9 +148,9 @@ impl<S: Store> Engine<S> {
             match op {
                 TurnOp::EnqueueOrchestrator(rows) => {
                     let now = rows.iter().filter(|r| r.visibility == Visibility::Now).count();
-                    self.store.signals().wake(QueueKind::Orchestrator, now);
+                    self.wake_local(QueueKind::Orchestrator, now);
                 }
-                TurnOp::EnqueueWorker(rows) => self.store.signals().wake(QueueKind::Worker, rows.len()),
+                TurnOp::EnqueueWorker(rows) => self.wake_local(QueueKind::Worker, rows.len()),
                 _ => {}
             }
         }
@@ -173,7 +173,7 @@ impl<S: Store> Engine<S> {
         match outcome? {
             Guarded::Applied => {
                 if delay_ms.is_none() {
-                    self.store.signals().wake(QueueKind::Orchestrator, 1);
+                    self.wake_local(QueueKind::Orchestrator, 1);
                 }
                 Ok(())
             }

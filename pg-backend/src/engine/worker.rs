@@ -18,7 +18,7 @@ impl<S: Store> Engine<S> {
         const OP: &str = "enqueue_for_worker";
         let row = worker_row(&item, self.config.limits).map_err(|e| refuse(OP, e))?;
         self.write_once(OP, || self.store.enqueue_worker(&row)).await?;
-        self.store.signals().wake(QueueKind::Worker, 1);
+        self.wake_local(QueueKind::Worker, 1);
         Ok(())
     }
 
@@ -92,7 +92,7 @@ impl<S: Store> Engine<S> {
         {
             Guarded::Applied => {
                 if row.is_some() {
-                    self.store.signals().wake(QueueKind::Orchestrator, 1);
+                    self.wake_local(QueueKind::Orchestrator, 1);
                 }
                 Ok(())
             }
@@ -117,7 +117,7 @@ impl<S: Store> Engine<S> {
         {
             Guarded::Applied => {
                 if delay_ms.is_none() {
-                    self.store.signals().wake(QueueKind::Worker, 1);
+                    self.wake_local(QueueKind::Worker, 1);
                 }
                 Ok(())
             }

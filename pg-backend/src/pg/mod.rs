@@ -95,10 +95,13 @@ impl PgStore {
         (self.schema.as_str(), listen::payload(queue, count, &self.origin))
     }
 
-    /// A `NOTIFY` statement for `count` items of `queue`.
+    /// A `NOTIFY` statement for `count` items of `queue` (returns `count`).
     pub(crate) fn notify_stmt(&self, queue: QueueKind, count: usize) -> Stmt<'_> {
         let (channel, payload) = self.notification(queue, count);
-        Stmt::new(&self.sql.notify).bind(channel).bind(payload)
+        Stmt::new(&self.sql.notify)
+            .bind(channel)
+            .bind(payload)
+            .bind(i32::try_from(count).unwrap_or(i32::MAX))
     }
 
     /// Record what an empty claim learned about the next visible message.
@@ -221,7 +224,7 @@ impl PgStore {
     /// closed connection, retryable), and the engine's retry would apply the
     /// write twice; here it is [`StoreFault::CommitOutcomeUnknown`] with the
     /// id, which the engine resolves with [`Store::commit_status`].
-    pub(crate) async fn write_once(&self, stmt: Stmt<'_>) -> Result<(), StoreFault> {
+    pub(crate) async fn write_once(&self, stmt: Stmt<'_>) -> Result<Vec<Row>, StoreFault> {
         let mut conn = self.conn().await?;
         let results = self.begin(&mut conn, vec![stmt, Stmt::new(&self.sql.txid)]).await?;
         let xid = match results[1].first() {
@@ -233,7 +236,19 @@ impl PgStore {
                 });
             }
         };
-        self.commit(&mut conn, Some(xid)).await
+        self.commit(&mut conn, Some(xid)).await?;
+        Ok(results.into_iter().next().unwrap_or_default())
+    }
+
+    /// Wake local fetchers for what committed notification statements
+    /// announced (first column: how many items).
+    pub(crate) fn wake_announced(&self, queue: QueueKind, rows: &[Row]) {
+        let n: i64 = rows
+            .iter()
+            .filter_map(|r| r.try_get::<_, i32>(0).ok())
+            .map(i64::from)
+            .sum();
+        self.signals.wake(queue, usize::try_from(n).unwrap_or(0));
     }
 }
 
@@ -254,6 +269,10 @@ impl Store for PgStore {
 
     fn signals(&self) -> &Signals {
         &self.signals
+    }
+
+    fn wakes_for_own_writes(&self) -> bool {
+        true
     }
 
     fn next_visible_in_ms(&self, queue: QueueKind) -> Option<u64> {

@@ -44,7 +44,9 @@ impl PgStore {
             .bind(at)
             .bind(channel)
             .bind(origin);
-        self.write_once(stmt).await
+        let announced = self.write_once(stmt).await?;
+        self.wake_announced(QueueKind::Orchestrator, &announced);
+        Ok(())
     }
 
     pub(super) async fn claim(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault> {
@@ -106,7 +108,11 @@ impl PgStore {
             stmts.push(self.notify_stmt(QueueKind::Orchestrator, 1));
         }
         let mut conn = self.conn().await?;
-        self.transact(&mut conn, stmts).await.map(|_| ())
+        let results = self.transact(&mut conn, stmts).await?;
+        if kind == ReleaseKind::Unlock {
+            self.wake_announced(QueueKind::Orchestrator, results.last().map_or(&[][..], Vec::as_slice));
+        }
+        Ok(())
     }
 
     pub(super) async fn read_lock(&self, lock_token: &str) -> Result<Option<LockRead>, StoreFault> {
@@ -148,6 +154,9 @@ impl PgStore {
             return Ok(Guarded::NotHeld);
         }
         self.commit(&mut conn, None).await?;
+        if delay_ms.is_none() {
+            self.wake_announced(QueueKind::Orchestrator, &results[2]);
+        }
         Ok(outcome)
     }
 
@@ -186,6 +195,7 @@ impl PgStore {
     ) -> Result<(), StoreFault> {
         self.write_once(append_stmt(&self.sql.append_history, instance, execution_id, rows))
             .await
+            .map(|_| ())
     }
 }
 

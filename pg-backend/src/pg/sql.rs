@@ -70,18 +70,24 @@ statements! {
             VALUES ($1, $2, COALESCE($4::bigint, {now} + COALESCE($3::bigint, 0)), {now})
             RETURNING visible_at_ms
         )
-        SELECT pg_catalog.pg_notify($5, 'o:1:' || $6) FROM ins WHERE ins.visible_at_ms <= {now}";
+        SELECT 1, pg_catalog.pg_notify($5, 'o:1:' || $6) FROM ins
+        WHERE ins.visible_at_ms <= {now}
+          -- A message for a locked instance wakes nobody: the lock holder's
+          -- ack announces it when the instance becomes claimable.
+          AND NOT EXISTS (
+            SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = $1 AND l.locked_until_ms > {now})";
 
     /// Listen for this schema's notifications.
     listen = "LISTEN {s}";
 
-    /// Notify channel $1 with payload $2.
-    notify = "SELECT pg_catalog.pg_notify($1, $2)";
+    /// Notify channel $1 with payload $2, announcing $3 items.
+    notify = "SELECT $3::int, pg_catalog.pg_notify($1, $2)";
 
     /// After a turn: notify channel $1 (origin $2) of the $3 orchestrator
     /// messages the turn made visible plus, when messages for instance $4
-    /// arrived during the turn, one more; returns whether they did.
-    turn_notify = "SELECT x.remaining, pg_catalog.pg_notify($1, 'o:' || ($3::int + x.remaining::int) || ':' || $2)
+    /// arrived during the turn, one more; returns how many it announced.
+    turn_notify = "SELECT $3::int + x.remaining::int,
+            pg_catalog.pg_notify($1, 'o:' || ($3::int + x.remaining::int) || ':' || $2)
         FROM (SELECT EXISTS (
             SELECT 1 FROM {s}.orchestrator_queue q WHERE q.instance_id = $4 AND q.visible_at_ms <= {now}
         ) AS remaining) x
@@ -295,7 +301,7 @@ statements! {
             VALUES ($1, $2, $3, $4, $5, $6, {now}, {now})
             RETURNING id
         )
-        SELECT pg_catalog.pg_notify($7, 'w:1:' || $8) FROM ins";
+        SELECT 1, pg_catalog.pg_notify($7, 'w:1:' || $8) FROM ins";
 
     /// Claim the oldest visible, unlocked activity admitted by the tag
     /// predicate ($1 any, $2 untagged, $3 tags) and the session rule ($4

@@ -37,15 +37,12 @@ impl PgStore {
             return Ok(Guarded::NotHeld);
         }
         let xid = col::<i64>(&results[0][0], 1, "instance_locks", &|| "txid".into()).map(uint)?;
-        // Messages that arrived while the instance was locked are claimable
-        // now that it is not: wake a local fetcher for them.
-        let arrived_during_turn = match results[notify_at].first() {
-            Some(r) => col::<bool>(r, 0, "orchestrator_queue", &|| "remaining".into())?,
-            None => false,
-        };
         self.commit(&mut conn, Some(xid)).await?;
-        if arrived_during_turn {
-            self.signals.wake(QueueKind::Orchestrator, 1);
+        // What the turn made visible, including messages that arrived while
+        // the instance was locked (claimable now that it is not).
+        self.wake_announced(QueueKind::Orchestrator, &results[notify_at]);
+        if workers > 0 {
+            self.wake_announced(QueueKind::Worker, &results[notify_at + 1]);
         }
         Ok(Guarded::Applied)
     }

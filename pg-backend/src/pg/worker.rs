@@ -36,7 +36,9 @@ impl PgStore {
             .bind(row.payload.as_str())
             .bind(self.schema.as_str())
             .bind(self.origin.as_str());
-        self.write_once(stmt).await
+        let announced = self.write_once(stmt).await?;
+        self.wake_announced(QueueKind::Worker, &announced);
+        Ok(())
     }
 
     pub(super) async fn claim_work(&self, claim: &WorkClaim) -> Result<Option<ClaimedWork>, StoreFault> {
@@ -110,6 +112,9 @@ impl PgStore {
             format!("lock token {lock_token:?}")
         })?);
         self.commit(&mut conn, Some(xid)).await?;
+        if completion.is_some() {
+            self.wake_announced(QueueKind::Orchestrator, &results[1]);
+        }
         Ok(Guarded::Applied)
     }
 
@@ -136,6 +141,9 @@ impl PgStore {
         };
         let xid = uint(col(row, 1, "worker_queue", &|| format!("lock token {lock_token:?}"))?);
         self.commit(&mut conn, Some(xid)).await?;
+        if delay_ms.is_none() {
+            self.wake_announced(QueueKind::Worker, &results[1]);
+        }
         Ok(Guarded::Applied)
     }
 
