@@ -67,6 +67,8 @@ pub struct Latency {
 /// Everything one provider produced in one round.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
+    /// The runtime's own cost, without any client polling status.
+    pub provider_cost: Throughput,
     /// duroxide's standard stress config (2/2 dispatchers).
     pub standard: Throughput,
     /// High concurrency (8/8 dispatchers).
@@ -273,6 +275,80 @@ async fn large(kind: Kind, round: usize, s: &Settings) -> Result<(Throughput, La
     Ok((t, percentiles(samples)))
 }
 
+const COST_RUNS: usize = 100;
+const COST_IN_FLIGHT: usize = 20;
+const COST_FAN_OUT: usize = 5;
+
+/// The provider's own database cost: 100 fan-out-of-5 orchestrations, 20 in
+/// flight, 2/2 dispatchers, with completion noticed in-process (the
+/// orchestration records itself when it returns) instead of by polling the
+/// database, so only the runtime's transactions are counted.
+async fn provider_cost(kind: Kind, round: usize, s: &Settings) -> Result<Throughput, String> {
+    let schema = format!("bench_{}_cost_r{round}", kind.tag());
+    let store = provider(kind, &s.url, &schema).await?;
+    let done: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let finished = done.clone();
+    let activities = ActivityRegistry::builder()
+        .register("Work", |_ctx: ActivityContext, s: String| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(s)
+        })
+        .build();
+    let orchestrations = OrchestrationRegistry::builder()
+        .register("FanOut", move |ctx: OrchestrationContext, _in: String| {
+            let finished = finished.clone();
+            async move {
+                let calls: Vec<_> = (0..COST_FAN_OUT)
+                    .map(|i| ctx.schedule_activity("Work", i.to_string()))
+                    .collect();
+                for r in ctx.join(calls).await {
+                    r?;
+                }
+                finished
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(ctx.instance_id());
+                Ok("done".to_string())
+            }
+        })
+        .build();
+    let rt = Runtime::start_with_options(store.clone(), activities, orchestrations, RuntimeOptions::default()).await;
+    let client = Client::new(store);
+    let count = |d: &Arc<Mutex<std::collections::HashSet<String>>>| d.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let work = async {
+        let started = Instant::now();
+        for i in 0..COST_RUNS {
+            while i - count(&done) >= COST_IN_FLIGHT {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            client
+                .start_orchestration(&format!("cost-{i}"), "FanOut", "")
+                .await
+                .map_err(|e| format!("start: {e:?}"))?;
+        }
+        while count(&done) < COST_RUNS {
+            if started.elapsed() > Duration::from_secs(300) {
+                return Err("provider-cost scenario did not finish".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Let the last acks commit.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(started.elapsed())
+    };
+    let (elapsed, tx, stmts) = counted(&s.url, work).await?;
+    rt.shutdown(Some(2_000)).await;
+    drop_schema(&s.url, &schema).await?;
+    let n = COST_RUNS as f64;
+    Ok(Throughput {
+        orch_per_s: n / elapsed.as_secs_f64(),
+        act_per_s: n * COST_FAN_OUT as f64 / elapsed.as_secs_f64(),
+        success_pct: 100.0,
+        tx_per_orch: tx as f64 / n,
+        stmts_per_orch: stmts.map(|x| x as f64 / n),
+    })
+}
+
 /// Every scenario for one provider in one round.
 pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, String> {
     let standard = StressTestConfig {
@@ -286,6 +362,8 @@ pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, 
         worker_concurrency: 8,
         ..StressTestConfig::default()
     };
+    let provider_cost = provider_cost(kind, round, s).await?;
+    eprintln!("  provider cost: {provider_cost:?}");
     let standard = throughput(kind, round, "std", standard, s).await?;
     eprintln!("  standard 2/2: {standard:?}");
     let high = throughput(kind, round, "high", high, s).await?;
@@ -295,6 +373,7 @@ pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, 
     let (large, large_latency) = large(kind, round, s).await?;
     eprintln!("  large: {large:?} {large_latency:?}");
     Ok(Results {
+        provider_cost,
         standard,
         high,
         latency,
