@@ -59,38 +59,26 @@ impl ProviderFactory for ModelFactory {
     }
 }
 
-/// Wire every test of one module: `module => path::to::module [tests…]`.
-macro_rules! wire {
-    ($module:ident => $($path:ident)::+ [$($test:ident),* $(,)?]) => {
-        mod $module {
-            use $($path)::+ as suite;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let factory = super::ModelFactory::new();
-                    suite::$test(&factory).await;
-                }
-            )*
-            pub const WIRED: &[&str] = &[$(stringify!($test)),*];
-        }
-    };
+/// The factory for one wired test.
+fn factory(_label: &str) -> ModelFactory {
+    ModelFactory::new()
 }
 
-wire!(instance_creation => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; instance_creation => duroxide::provider_validations [
     test_instance_creation_via_metadata,
     test_no_instance_creation_on_enqueue,
     test_null_version_handling,
     test_sub_orchestration_instance_creation,
 ]);
 
-wire!(atomicity => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; atomicity => duroxide::provider_validations [
     test_atomicity_failure_rollback,
     test_multi_operation_atomic_ack,
     test_lock_released_only_on_successful_ack,
     test_concurrent_ack_prevention,
 ]);
 
-wire!(error_handling => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; error_handling => duroxide::provider_validations [
     test_invalid_lock_token_on_ack,
     test_duplicate_event_id_rejection,
     test_missing_instance_metadata,
@@ -100,7 +88,7 @@ wire!(error_handling => duroxide::provider_validations [
     test_read_with_execution_corrupted_history_returns_error,
 ]);
 
-wire!(instance_locking => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; instance_locking => duroxide::provider_validations [
     test_exclusive_instance_lock,
     test_lock_token_uniqueness,
     test_invalid_lock_token_rejection,
@@ -114,7 +102,7 @@ wire!(instance_locking => duroxide::provider_validations [
     test_multi_threaded_lock_expiration_recovery,
 ]);
 
-wire!(lock_expiration => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; lock_expiration => duroxide::provider_validations [
     test_lock_expires_after_timeout,
     test_abandon_releases_lock_immediately,
     test_lock_renewal_on_ack,
@@ -130,7 +118,7 @@ wire!(lock_expiration => duroxide::provider_validations [
     test_orchestration_lock_renewal_after_expiration,
 ]);
 
-wire!(multi_execution => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; multi_execution => duroxide::provider_validations [
     test_execution_isolation,
     test_latest_execution_detection,
     test_execution_id_sequencing,
@@ -138,7 +126,7 @@ wire!(multi_execution => duroxide::provider_validations [
     test_execution_history_persistence,
 ]);
 
-wire!(queue_semantics => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; queue_semantics => duroxide::provider_validations [
     test_worker_queue_fifo_ordering,
     test_worker_peek_lock_semantics,
     test_worker_ack_atomicity,
@@ -149,72 +137,23 @@ wire!(queue_semantics => duroxide::provider_validations [
     test_orphan_queue_messages_dropped,
 ]);
 
-fn wired() -> BTreeMap<&'static str, &'static [&'static str]> {
+fn wired() -> BTreeMap<&'static str, Vec<&'static str>> {
     BTreeMap::from([
-        ("instance_creation", instance_creation::WIRED),
-        ("atomicity", atomicity::WIRED),
-        ("error_handling", error_handling::WIRED),
-        ("instance_locking", instance_locking::WIRED),
-        ("lock_expiration", lock_expiration::WIRED),
-        ("multi_execution", multi_execution::WIRED),
-        ("queue_semantics", queue_semantics::WIRED),
+        ("instance_creation", instance_creation::WIRED.to_vec()),
+        ("atomicity", atomicity::WIRED.to_vec()),
+        ("error_handling", error_handling::WIRED.to_vec()),
+        ("instance_locking", instance_locking::WIRED.to_vec()),
+        ("lock_expiration", lock_expiration::WIRED.to_vec()),
+        ("multi_execution", multi_execution::WIRED.to_vec()),
+        ("queue_semantics", queue_semantics::WIRED.to_vec()),
     ])
 }
 
-/// Where cargo keeps the duroxide source this crate is built against.
-fn duroxide_source_dir() -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        out.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
-    let manifest = meta["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .find(|p| p["name"] == "duroxide" && p["version"] == "0.1.32")
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("duroxide 0.1.32 is a dependency");
-    std::path::Path::new(manifest)
-        .parent()
-        .expect("manifest dir")
-        .join("src/provider_validation")
-}
-
-/// `pub async fn` names in one module file, in source order.
-fn test_functions(path: &std::path::Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).expect("read duroxide source");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("pub async fn "))
-        .filter_map(|rest| rest.split(['(', '<']).next())
-        .map(str::to_string)
-        .collect()
-}
-
+/// The model store runs the orchestration- and worker-path modules; each must
+/// be wired whole.
 #[test]
 fn wiring_matches_duroxide_source() {
-    let dir = duroxide_source_dir();
-    let mut problems = Vec::new();
-    for (module, list) in wired() {
-        let mut in_source = test_functions(&dir.join(format!("{module}.rs")));
-        in_source.sort();
-        let mut ours: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-        ours.sort();
-        if ours != in_source {
-            problems.push(format!(
-                "module {module}: wired {} tests, duroxide has {}; wire exactly:\n  {}",
-                ours.len(),
-                in_source.len(),
-                in_source.join(",\n  ")
-            ));
-        }
-    }
+    let dir = duropg_tests::wiring::duroxide_validation_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    let problems = duropg_tests::wiring::problems(&dir, &wired(), false);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod nodes;
 pub mod recorder;
+pub mod wiring;
 pub mod workload;
 
 use async_trait::async_trait;

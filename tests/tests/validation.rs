@@ -6,38 +6,26 @@
 use duropg_tests::PgFactory;
 use std::collections::BTreeMap;
 
-/// Wire every test of one module: `module => path::to::module [tests…]`.
-macro_rules! wire {
-    ($module:ident => $($path:ident)::+ [$($test:ident),* $(,)?]) => {
-        mod $module {
-            use $($path)::+ as suite;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let factory = super::PgFactory::new(stringify!($test), false);
-                    suite::$test(&factory).await;
-                }
-            )*
-            pub const WIRED: &[&str] = &[$(stringify!($test)),*];
-        }
-    };
+/// The factory for one wired test: each gets fresh schemas, short polling.
+fn factory(label: &str) -> PgFactory {
+    PgFactory::new(label, false)
 }
 
-wire!(instance_creation => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; instance_creation => duroxide::provider_validations [
     test_instance_creation_via_metadata,
     test_no_instance_creation_on_enqueue,
     test_null_version_handling,
     test_sub_orchestration_instance_creation,
 ]);
 
-wire!(atomicity => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; atomicity => duroxide::provider_validations [
     test_atomicity_failure_rollback,
     test_multi_operation_atomic_ack,
     test_lock_released_only_on_successful_ack,
     test_concurrent_ack_prevention,
 ]);
 
-wire!(error_handling => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; error_handling => duroxide::provider_validations [
     test_invalid_lock_token_on_ack,
     test_duplicate_event_id_rejection,
     test_missing_instance_metadata,
@@ -47,7 +35,7 @@ wire!(error_handling => duroxide::provider_validations [
     test_read_with_execution_corrupted_history_returns_error,
 ]);
 
-wire!(instance_locking => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; instance_locking => duroxide::provider_validations [
     test_exclusive_instance_lock,
     test_lock_token_uniqueness,
     test_invalid_lock_token_rejection,
@@ -61,7 +49,7 @@ wire!(instance_locking => duroxide::provider_validations [
     test_multi_threaded_lock_expiration_recovery,
 ]);
 
-wire!(lock_expiration => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; lock_expiration => duroxide::provider_validations [
     test_lock_expires_after_timeout,
     test_abandon_releases_lock_immediately,
     test_lock_renewal_on_ack,
@@ -77,7 +65,7 @@ wire!(lock_expiration => duroxide::provider_validations [
     test_orchestration_lock_renewal_after_expiration,
 ]);
 
-wire!(multi_execution => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; multi_execution => duroxide::provider_validations [
     test_execution_isolation,
     test_latest_execution_detection,
     test_execution_id_sequencing,
@@ -85,7 +73,7 @@ wire!(multi_execution => duroxide::provider_validations [
     test_execution_history_persistence,
 ]);
 
-wire!(queue_semantics => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; queue_semantics => duroxide::provider_validations [
     test_worker_queue_fifo_ordering,
     test_worker_peek_lock_semantics,
     test_worker_ack_atomicity,
@@ -96,14 +84,14 @@ wire!(queue_semantics => duroxide::provider_validations [
     test_orphan_queue_messages_dropped,
 ]);
 
-wire!(bulk_deletion => duroxide::provider_validations::bulk_deletion [
+duropg_tests::wire_validation!(super::factory; bulk_deletion => duroxide::provider_validations::bulk_deletion [
     test_delete_instance_bulk_filter_combinations,
     test_delete_instance_bulk_safety_and_limits,
     test_delete_instance_bulk_completed_before_filter,
     test_delete_instance_bulk_cascades_to_children,
 ]);
 
-wire!(cancellation => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; cancellation => duroxide::provider_validations [
     test_fetch_returns_running_state_for_active_orchestration,
     test_fetch_returns_terminal_state_when_orchestration_completed,
     test_fetch_returns_terminal_state_when_orchestration_failed,
@@ -122,7 +110,7 @@ wire!(cancellation => duroxide::provider_validations [
     test_orphan_activity_after_instance_force_deletion,
 ]);
 
-wire!(capability_filtering => duroxide::provider_validations::capability_filtering [
+duropg_tests::wire_validation!(super::factory; capability_filtering => duroxide::provider_validations::capability_filtering [
     test_fetch_with_filter_none_returns_any_item,
     test_fetch_with_compatible_filter_returns_item,
     test_fetch_with_incompatible_filter_skips_item,
@@ -145,7 +133,7 @@ wire!(capability_filtering => duroxide::provider_validations::capability_filteri
     test_ack_appends_event_to_corrupted_history,
 ]);
 
-wire!(custom_status => duroxide::provider_validations::custom_status [
+duropg_tests::wire_validation!(super::factory; custom_status => duroxide::provider_validations::custom_status [
     test_custom_status_set,
     test_custom_status_clear,
     test_custom_status_none_preserves,
@@ -155,7 +143,7 @@ wire!(custom_status => duroxide::provider_validations::custom_status [
     test_custom_status_default_on_new_instance,
 ]);
 
-wire!(deletion => duroxide::provider_validations::deletion [
+duropg_tests::wire_validation!(super::factory; deletion => duroxide::provider_validations::deletion [
     test_delete_terminal_instances,
     test_delete_running_rejected_force_succeeds,
     test_delete_nonexistent_instance,
@@ -171,7 +159,7 @@ wire!(deletion => duroxide::provider_validations::deletion [
     test_stale_activity_after_delete_recreate,
 ]);
 
-wire!(kv_store => duroxide::provider_validations::kv_store [
+duropg_tests::wire_validation!(super::factory; kv_store => duroxide::provider_validations::kv_store [
     test_kv_set_and_get,
     test_kv_overwrite,
     test_kv_clear_single,
@@ -209,7 +197,7 @@ wire!(kv_store => duroxide::provider_validations::kv_store [
     test_kv_delta_prune_untouched_key_survives,
 ]);
 
-wire!(management => duroxide::provider_validations [
+duropg_tests::wire_validation!(super::factory; management => duroxide::provider_validations [
     test_list_instances,
     test_list_instances_by_status,
     test_list_executions,
@@ -225,7 +213,7 @@ wire!(management => duroxide::provider_validations [
     test_get_instance_stats_kv_merged,
 ]);
 
-wire!(poison_message => duroxide::provider_validations::poison_message [
+duropg_tests::wire_validation!(super::factory; poison_message => duroxide::provider_validations::poison_message [
     orchestration_ignore_attempt_preserves_hidden_start,
     orchestration_delayed_abandon_preserves_unlocked_rows,
     orchestration_attempt_count_starts_at_one,
@@ -239,14 +227,14 @@ wire!(poison_message => duroxide::provider_validations::poison_message [
     max_attempt_count_across_message_batch,
 ]);
 
-wire!(prune => duroxide::provider_validations::prune [
+duropg_tests::wire_validation!(super::factory; prune => duroxide::provider_validations::prune [
     test_prune_options_combinations,
     test_prune_safety,
     test_prune_bulk,
     test_prune_bulk_includes_running_instances,
 ]);
 
-wire!(race_replay => duroxide::provider_validations::race_replay [
+duropg_tests::wire_validation!(super::factory; race_replay => duroxide::provider_validations::race_replay [
     test_duplicate_start_preserves_pinned_handler,
     test_continue_as_new_unregistered_backoff,
     test_continue_as_new_poisoned_successor_is_own_execution,
@@ -258,7 +246,7 @@ wire!(race_replay => duroxide::provider_validations::race_replay [
     test_legacy_queue_race_decision_preserved,
 ]);
 
-wire!(sessions => duroxide::provider_validations::sessions [
+duropg_tests::wire_validation!(super::factory; sessions => duroxide::provider_validations::sessions [
     test_non_session_items_fetchable_by_any_worker,
     test_session_item_claimable_when_no_session,
     test_session_affinity_same_worker,
@@ -294,7 +282,7 @@ wire!(sessions => duroxide::provider_validations::sessions [
     test_session_lock_renewal_extends_past_original_timeout,
 ]);
 
-wire!(tag_filtering => duroxide::provider_validations::tag_filtering [
+duropg_tests::wire_validation!(super::factory; tag_filtering => duroxide::provider_validations::tag_filtering [
     test_default_only_fetches_untagged,
     test_tags_fetches_only_matching,
     test_default_and_fetches_untagged_and_matching,
@@ -415,78 +403,9 @@ fn wired() -> BTreeMap<&'static str, Vec<&'static str>> {
     ])
 }
 
-/// Where cargo keeps the duroxide source this crate is built against.
-fn duroxide_source_dir() -> std::path::PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        out.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
-    let manifest = meta["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .find(|p| p["name"] == "duroxide" && p["version"] == "0.1.32")
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("duroxide 0.1.32 is a dependency");
-    std::path::Path::new(manifest)
-        .parent()
-        .expect("manifest dir")
-        .join("src/provider_validation")
-}
-
-/// `pub async fn` names in one module file, in source order.
-fn test_functions(path: &std::path::Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).expect("read duroxide source");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("pub async fn "))
-        .filter_map(|rest| rest.split(['(', '<']).next())
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn wiring_matches_duroxide_source() {
-    let dir = duroxide_source_dir();
-    let mut problems = Vec::new();
-    let mut modules: Vec<String> = std::fs::read_dir(&dir)
-        .expect("list provider_validation")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().trim_end_matches(".rs").to_string())
-        .filter(|m| m != "mod")
-        .collect();
-    modules.sort();
-    let wired = wired();
-    for module in &modules {
-        let mut in_source = test_functions(&dir.join(format!("{module}.rs")));
-        in_source.sort();
-        match wired.get(module.as_str()) {
-            Some(list) => {
-                let mut ours: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-                ours.sort();
-                if ours != in_source {
-                    problems.push(format!(
-                        "module {module}: wired {} tests, duroxide has {}; wire exactly:\n  {}",
-                        ours.len(),
-                        in_source.len(),
-                        in_source.join(",\n  ")
-                    ));
-                }
-            }
-            None => problems.push(format!("module {module} ({} tests) is not wired", in_source.len())),
-        }
-    }
-    for module in wired.keys() {
-        if !modules.iter().any(|m| m == module) {
-            problems.push(format!("module {module} is wired but duroxide has no such module"));
-        }
-    }
+    let dir = duropg_tests::wiring::duroxide_validation_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    let problems = duropg_tests::wiring::problems(&dir, &wired(), true);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
