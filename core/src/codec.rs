@@ -106,31 +106,14 @@ pub fn decode_history(instance: &str, execution_id: u64, rows: &[StoredEvent]) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use duroxide::EventKind;
 
     fn started(id: u64) -> Event {
-        Event::with_event_id(
-            id,
-            "i1",
-            1,
-            None,
-            EventKind::OrchestrationStarted {
-                name: "O".into(),
-                version: "1.0.0".into(),
-                input: "{}".into(),
-                parent_instance: None,
-                parent_id: None,
-                parent_execution_id: None,
-                carry_forward_events: None,
-                initial_custom_status: None,
-            },
-        )
+        crate::test_events::started(id, "i1", 1, "O", "1.0.0")
     }
 
     #[test]
     fn event_round_trip_keeps_type_and_id() {
-        // Built once: `Event::with_event_id` stamps the wall clock, so two
-        // calls may differ by a millisecond.
+        // Built once: two calls may differ in their clock stamp.
         let event = started(1);
         let row = encode_event(&event).unwrap();
         assert_eq!(row.event_type, "OrchestrationStarted");

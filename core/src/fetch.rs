@@ -237,7 +237,6 @@ pub fn decide(batch: ClaimedInstance) -> FetchDecision {
 mod tests {
     use super::*;
     use crate::codec::{encode_event, encode_work_item};
-    use duroxide::{Event, EventKind};
 
     fn msg(id: i64, item: &WorkItem, attempts: u32) -> RawMessage {
         RawMessage {
@@ -363,23 +362,7 @@ mod tests {
     #[test]
     fn corrupted_history_becomes_history_error_never_empty_history_silently() {
         let mut b = batch(vec![msg(1, &raised(), 2)], row());
-        let ok = encode_event(&Event::with_event_id(
-            1,
-            "i",
-            1,
-            None,
-            EventKind::OrchestrationStarted {
-                name: "O".into(),
-                version: "1.0.0".into(),
-                input: "{}".into(),
-                parent_instance: None,
-                parent_id: None,
-                parent_execution_id: None,
-                carry_forward_events: None,
-                initial_custom_status: None,
-            },
-        ))
-        .unwrap();
+        let ok = encode_event(&crate::test_events::started(1, "i", 1, "O", "1.0.0")).unwrap();
         b.history = vec![
             StoredEvent {
                 event_id: 1,

@@ -265,23 +265,7 @@ mod tests {
 
     #[test]
     fn stored_history_identifies_an_instance_without_row() {
-        let started = Event::with_event_id(
-            1,
-            "i",
-            3,
-            None,
-            EventKind::OrchestrationStarted {
-                name: "FromHistory".into(),
-                version: "4.0.0".into(),
-                input: "{}".into(),
-                parent_instance: None,
-                parent_id: None,
-                parent_execution_id: None,
-                carry_forward_events: None,
-                initial_custom_status: None,
-            },
-        );
-        let events = [started];
+        let events = [crate::test_events::started(1, "i", 3, "FromHistory", "4.0.0")];
         let h = StoredHistory {
             execution_id: 3,
             events: &events,

@@ -30,6 +30,8 @@ pub mod fetch;
 pub mod instance;
 pub mod route;
 pub mod schema_name;
+#[cfg(test)]
+mod test_events;
 pub mod turn;
 pub mod work;
 

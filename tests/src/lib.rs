@@ -325,6 +325,27 @@ impl RuntimeHarness {
     }
 }
 
+/// Event 1 of execution 1 of `instance`: an `OrchestrationStarted` of "O" 1.0.0
+/// with `{}` input and no parent, for tests that ack or append by hand.
+pub fn started_event(instance: &str) -> duroxide::Event {
+    duroxide::Event::with_event_id(
+        1,
+        instance,
+        1,
+        None,
+        duroxide::EventKind::OrchestrationStarted {
+            name: "O".into(),
+            version: "1.0.0".into(),
+            input: "{}".into(),
+            parent_instance: None,
+            parent_id: None,
+            parent_execution_id: None,
+            carry_forward_events: None,
+            initial_custom_status: None,
+        },
+    )
+}
+
 /// The output of a completed orchestration; panics with the status otherwise.
 pub fn completed_output(status: &duroxide::OrchestrationStatus) -> &str {
     match status {

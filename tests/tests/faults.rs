@@ -5,9 +5,8 @@
 use duropg::core::fault::{classify, to_provider_error, Class};
 use duropg::pg::error::fault;
 use duropg::RetryPolicy;
-use duropg_tests::{admin, TestSchema};
+use duropg_tests::{admin, started_event, TestSchema};
 use duroxide::providers::{Provider, WorkItem};
-use duroxide::{Event, EventKind};
 use std::time::{Duration, Instant};
 
 async fn scratch_table(schema: &TestSchema) -> String {
@@ -86,22 +85,7 @@ async fn a_real_serialization_failure_is_retryable() {
 async fn a_unique_violation_is_permanent() {
     let schema = TestSchema::new("unique");
     let provider = schema.provider().await;
-    let event = Event::with_event_id(
-        1,
-        "dup",
-        1,
-        None,
-        EventKind::OrchestrationStarted {
-            name: "O".into(),
-            version: "1.0.0".into(),
-            input: "{}".into(),
-            parent_instance: None,
-            parent_id: None,
-            parent_execution_id: None,
-            carry_forward_events: None,
-            initial_custom_status: None,
-        },
-    );
+    let event = started_event("dup");
     provider
         .append_with_execution("dup", 1, vec![event.clone()])
         .await

@@ -3,7 +3,7 @@
 //! after every wait, and a stalled ack after a takeover changes nothing.
 
 use duropg::PgProvider;
-use duropg_tests::{admin, database_url, PgFactory, TestSchema};
+use duropg_tests::{admin, database_url, started_event, PgFactory, TestSchema};
 use duroxide::provider_validations::ProviderFactory;
 use duroxide::providers::{ExecutionMetadata, Provider, TagFilter, WorkItem};
 use std::time::Duration;
@@ -70,25 +70,6 @@ async fn renewing_with_a_shorter_extension_never_shortens_a_work_lease() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(fetch().await.unwrap().is_none(), "lease must still be held");
     p.ack_work_item(&token, None).await.unwrap();
-}
-
-fn started_event(instance: &str) -> duroxide::Event {
-    duroxide::Event::with_event_id(
-        1,
-        instance,
-        1,
-        None,
-        duroxide::EventKind::OrchestrationStarted {
-            name: "O".into(),
-            version: "1.0.0".into(),
-            input: "{}".into(),
-            parent_instance: None,
-            parent_id: None,
-            parent_execution_id: None,
-            carry_forward_events: None,
-            initial_custom_status: None,
-        },
-    )
 }
 
 fn named() -> ExecutionMetadata {
