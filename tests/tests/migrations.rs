@@ -3,6 +3,7 @@
 //! that keep working while another session migrates under them.
 
 use duropg::pg::migrate::{latest_version, MIGRATIONS};
+use duropg::pg::sql::TABLES;
 use duropg::PgError;
 use duropg::RetryPolicy;
 use duropg_tests::nodes::Node;
@@ -79,6 +80,31 @@ async fn eight_processes_starting_at_once_migrate_exactly_once() {
         creating_transactions(&schema).await,
         1,
         "one transaction created the schema"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_create_exactly_the_tables_sql_tables_lists() {
+    let schema = TestSchema::new("table_list");
+    let _provider = schema.provider().await;
+    let mut created: Vec<String> = admin()
+        .await
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+            &[&schema.name()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    created.sort();
+    let mut listed: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+    listed.push("_duropg_migrations".into());
+    listed.sort();
+    assert_eq!(
+        created, listed,
+        "duropg::pg::sql::TABLES must name every table the migrations create"
     );
 }
 

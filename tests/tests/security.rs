@@ -3,7 +3,7 @@
 //! queries, and TLS works (and refuses a certificate it cannot verify).
 
 use duropg::pg::migrate::MIGRATIONS;
-use duropg::pg::sql::{render, Sql};
+use duropg::pg::sql::{render, Sql, TABLES};
 use duropg::{PgError, PgProvider};
 use duropg_core::SchemaName;
 use duropg_tests::cluster::{Cluster, ClusterOptions, TestCerts};
@@ -305,18 +305,10 @@ async fn two_schemas_never_see_each_others_instances_queues_or_locks() {
 
 // ---- search_path hijack --------------------------------------------------------
 
-const OUR_TABLES: &[&str] = &[
-    "instances",
-    "executions",
-    "history",
-    "orchestrator_queue",
-    "instance_locks",
-    "worker_queue",
-    "sessions",
-    "kv_store",
-    "kv_delta",
-    "_duropg_migrations",
-];
+/// Every table of a tenant schema, the migration ledger included.
+fn our_tables() -> impl Iterator<Item = &'static str> {
+    TABLES.iter().copied().chain(["_duropg_migrations"])
+}
 
 /// Built-in functions our SQL calls, planted in `public` to raise if ever called.
 const PLANTED_FUNCTIONS: &[&str] = &[
@@ -334,7 +326,7 @@ const PLANTED_FUNCTIONS: &[&str] = &[
 
 async fn plant_decoys(db: &TestDatabase) -> tokio_postgres::Client {
     let c = db.admin().await;
-    for table in OUR_TABLES {
+    for table in our_tables() {
         c.batch_execute(&format!(
             "CREATE TABLE public.{table} (decoy text); INSERT INTO public.{table} VALUES ('untouched');"
         ))
@@ -365,7 +357,7 @@ async fn plant_decoys(db: &TestDatabase) -> tokio_postgres::Client {
 
 async fn decoy_rows(c: &tokio_postgres::Client) -> Vec<String> {
     let mut rows = Vec::new();
-    for table in OUR_TABLES {
+    for table in our_tables() {
         for r in c
             .query(&format!("SELECT decoy FROM public.{table}"), &[])
             .await
@@ -411,7 +403,7 @@ async fn objects_planted_in_public_or_pg_temp_do_not_capture_our_queries() {
     let schema = SchemaName::parse("tenant").unwrap();
     let sql = Sql::new(&schema);
     let s = db.admin().await;
-    for table in OUR_TABLES {
+    for table in our_tables() {
         s.batch_execute(&format!(
             "CREATE TEMP TABLE {table} (instance_id text); INSERT INTO {table} VALUES ('decoy')"
         ))

@@ -16,6 +16,20 @@
 
 use duropg_core::SchemaName;
 
+/// The tables the migrations create in a tenant schema, besides the migration
+/// ledger `_duropg_migrations`. Templates name each one qualified by `{s}`.
+pub const TABLES: &[&str] = &[
+    "instances",
+    "executions",
+    "history",
+    "orchestrator_queue",
+    "instance_locks",
+    "worker_queue",
+    "sessions",
+    "kv_store",
+    "kv_delta",
+];
+
 /// The store clock in milliseconds since the Unix epoch.
 const NOW_MS: &str = "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint";
 
@@ -560,20 +574,9 @@ mod tests {
 
     #[test]
     fn every_table_reference_is_schema_qualified() {
-        let tables = [
-            "instances",
-            "executions",
-            "history",
-            "orchestrator_queue",
-            "instance_locks",
-            "worker_queue",
-            "sessions",
-            "kv_store",
-            "kv_delta",
-        ];
         for (name, template) in Sql::templates() {
             for word in template.split(|c: char| c.is_whitespace() || c == '(' || c == ',') {
-                if tables.contains(&word) {
+                if TABLES.contains(&word) {
                     panic!("{name}: unqualified table reference {word:?}");
                 }
             }
