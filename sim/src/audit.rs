@@ -267,6 +267,11 @@ fn history_summary(state: &ModelState, instance: &str) -> String {
     let (Some(exec), _) = state.latest_history(instance) else {
         return "no history".into();
     };
+    format!("execution {exec} [{}]", events_line(state, instance, exec))
+}
+
+/// One execution's events as `id:Kind` (`id:Kind<-source` for completions).
+fn events_line(state: &ModelState, instance: &str, exec: u64) -> String {
     let kinds: Vec<String> = decoded(state, instance, exec)
         .iter()
         .map(|e| {
@@ -278,26 +283,17 @@ fn history_summary(state: &ModelState, instance: &str) -> String {
             }
         })
         .collect();
-    format!("execution {exec} [{}]", kinds.join(" "))
+    kinds.join(" ")
 }
 
 /// Every stored history and queued message, for `--dump`.
 pub fn dump(state: &ModelState) -> String {
     let mut out = String::from("\n  store at the end\n");
     for (instance, exec) in state.history.keys() {
-        let events = decoded(state, instance, *exec);
-        let kinds: Vec<String> = events
-            .iter()
-            .map(|e| {
-                let json = serde_json::to_value(&e.kind).unwrap_or_default();
-                let kind = json.get("type").and_then(|t| t.as_str()).unwrap_or("?").to_string();
-                match e.source_event_id {
-                    Some(s) => format!("{}:{kind}<-{s}", e.event_id),
-                    None => format!("{}:{kind}", e.event_id),
-                }
-            })
-            .collect();
-        out.push_str(&format!("    {instance} e{exec}: {}\n", kinds.join(" ")));
+        out.push_str(&format!(
+            "    {instance} e{exec}: {}\n",
+            events_line(state, instance, *exec)
+        ));
     }
     for (id, m) in &state.orchestrator_queue {
         out.push_str(&format!(
