@@ -325,6 +325,33 @@ impl RuntimeHarness {
     }
 }
 
+/// A `StartOrchestration` of "O" for execution 1 of `instance`, no parent.
+pub fn start_item(instance: &str, input: &str, version: Option<&str>) -> duroxide::providers::WorkItem {
+    duroxide::providers::WorkItem::StartOrchestration {
+        instance: instance.into(),
+        orchestration: "O".into(),
+        input: input.into(),
+        version: version.map(Into::into),
+        parent_instance: None,
+        parent_id: None,
+        parent_execution_id: None,
+        execution_id: 1,
+    }
+}
+
+/// Activity 1 ("A") of execution 1 of `instance`, untagged, no session.
+pub fn activity_item(instance: &str, input: &str) -> duroxide::providers::WorkItem {
+    duroxide::providers::WorkItem::ActivityExecute {
+        instance: instance.into(),
+        execution_id: 1,
+        id: 1,
+        name: "A".into(),
+        input: input.into(),
+        session_id: None,
+        tag: None,
+    }
+}
+
 /// Event 1 of execution 1 of `instance`: an `OrchestrationStarted` of "O" 1.0.0
 /// with `{}` input and no parent, for tests that ack or append by hand.
 pub fn started_event(instance: &str) -> duroxide::Event {

@@ -2,7 +2,9 @@
 
 use duropg::{PgError, PgProvider};
 use duropg_tests::cluster::{Cluster, ClusterOptions};
-use duropg_tests::{admin, completed_output, database_url, PgFactory, RuntimeHarness, TestSchema};
+use duropg_tests::{
+    activity_item, admin, completed_output, database_url, start_item, PgFactory, RuntimeHarness, TestSchema,
+};
 use duroxide::provider_validations::ProviderFactory;
 use duroxide::providers::{ExecutionMetadata, WorkItem};
 use duroxide::runtime::registry::ActivityRegistry;
@@ -178,19 +180,7 @@ async fn invalid_lock_token_is_permanent_and_changes_nothing() {
     let provider = factory.create_provider().await;
     let schema_name = factory.schema_names().remove(0);
     provider
-        .enqueue_for_orchestrator(
-            WorkItem::StartOrchestration {
-                instance: "i1".into(),
-                orchestration: "O".into(),
-                input: "{}".into(),
-                version: Some("1.0.0".into()),
-                parent_instance: None,
-                parent_id: None,
-                parent_execution_id: None,
-                execution_id: 1,
-            },
-            None,
-        )
+        .enqueue_for_orchestrator(start_item("i1", "{}", Some("1.0.0")), None)
         .await
         .unwrap();
     let (_item, _token, _) = provider
@@ -261,15 +251,7 @@ async fn oversized_and_malformed_items_are_refused_before_sql() {
         .await
         .unwrap_err();
     assert!(err.message.contains("NUL"), "{err:?}");
-    let activity_to_orchestrator = WorkItem::ActivityExecute {
-        instance: "i".into(),
-        execution_id: 1,
-        id: 1,
-        name: "A".into(),
-        input: "".into(),
-        session_id: None,
-        tag: None,
-    };
+    let activity_to_orchestrator = activity_item("i", "");
     let err = duroxide::providers::Provider::enqueue_for_orchestrator(&provider, activity_to_orchestrator, None)
         .await
         .unwrap_err();

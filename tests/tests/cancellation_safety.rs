@@ -4,8 +4,8 @@
 //! reaped. Found by the end-to-end cancellation test, which took 330 s to
 //! drop its schema before the fix.
 
-use duropg_tests::{admin, database_url, TestSchema};
-use duroxide::providers::{Provider, WorkItem};
+use duropg_tests::{admin, database_url, start_item, TestSchema};
+use duroxide::providers::Provider;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,16 +20,7 @@ async fn dropped_calls_leave_no_transaction_open() {
         .await
         .unwrap();
     for i in 0..40 {
-        let start = WorkItem::StartOrchestration {
-            instance: format!("i{i}"),
-            orchestration: "O".into(),
-            input: "{}".into(),
-            version: None,
-            parent_instance: None,
-            parent_id: None,
-            parent_execution_id: None,
-            execution_id: 1,
-        };
+        let start = start_item(&format!("i{i}"), "{}", None);
         provider.enqueue_for_orchestrator(start, None).await.unwrap();
     }
     let c = admin().await;

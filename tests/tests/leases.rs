@@ -3,22 +3,13 @@
 //! after every wait, and a stalled ack after a takeover changes nothing.
 
 use duropg::PgProvider;
-use duropg_tests::{admin, database_url, started_event, PgFactory, TestSchema};
+use duropg_tests::{activity_item, admin, database_url, start_item, started_event, PgFactory, TestSchema};
 use duroxide::provider_validations::ProviderFactory;
 use duroxide::providers::{ExecutionMetadata, Provider, TagFilter, WorkItem};
 use std::time::Duration;
 
 fn start(instance: &str) -> WorkItem {
-    WorkItem::StartOrchestration {
-        instance: instance.into(),
-        orchestration: "O".into(),
-        input: "{}".into(),
-        version: None,
-        parent_instance: None,
-        parent_id: None,
-        parent_execution_id: None,
-        execution_id: 1,
-    }
+    start_item(instance, "{}", None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,17 +41,7 @@ async fn renewing_with_a_shorter_extension_never_shortens_an_orchestration_lease
 async fn renewing_with_a_shorter_extension_never_shortens_a_work_lease() {
     let factory = PgFactory::new("renew_short_work", false);
     let p = factory.create_provider().await;
-    p.enqueue_for_worker(WorkItem::ActivityExecute {
-        instance: "i".into(),
-        execution_id: 1,
-        id: 1,
-        name: "A".into(),
-        input: "x".into(),
-        session_id: None,
-        tag: None,
-    })
-    .await
-    .unwrap();
+    p.enqueue_for_worker(activity("i")).await.unwrap();
     let fetch = || p.fetch_work_item(Duration::from_secs(30), Duration::ZERO, None, &TagFilter::DefaultOnly);
     let (_, token, attempts) = fetch().await.unwrap().unwrap();
     assert_eq!(attempts, 1);
@@ -81,15 +62,7 @@ fn named() -> ExecutionMetadata {
 }
 
 fn activity(instance: &str) -> WorkItem {
-    WorkItem::ActivityExecute {
-        instance: instance.into(),
-        execution_id: 1,
-        id: 1,
-        name: "A".into(),
-        input: "x".into(),
-        session_id: None,
-        tag: None,
-    }
+    activity_item(instance, "x")
 }
 
 /// Take `table` in ACCESS EXCLUSIVE mode from another session until the

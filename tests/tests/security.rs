@@ -8,7 +8,7 @@ use duropg::{PgError, PgProvider};
 use duropg_core::SchemaName;
 use duropg_tests::cluster::{Cluster, ClusterOptions, TestCerts};
 use duropg_tests::workload::{self, RunLog};
-use duropg_tests::{admin, TestDatabase, TestRole, TestSchema};
+use duropg_tests::{activity_item, admin, start_item, TestDatabase, TestRole, TestSchema};
 use duroxide::providers::{ExecutionMetadata, Provider, TagFilter, WorkItem};
 use duroxide::runtime::Runtime;
 use std::path::{Path, PathBuf};
@@ -212,28 +212,7 @@ async fn a_dml_only_role_runs_the_provider_and_cannot_migrate() {
 // ---- tenants -------------------------------------------------------------------
 
 fn start(instance: &str, input: &str) -> WorkItem {
-    WorkItem::StartOrchestration {
-        instance: instance.into(),
-        orchestration: "O".into(),
-        input: input.into(),
-        version: Some("1.0.0".into()),
-        parent_instance: None,
-        parent_id: None,
-        parent_execution_id: None,
-        execution_id: 1,
-    }
-}
-
-fn activity(instance: &str, input: &str) -> WorkItem {
-    WorkItem::ActivityExecute {
-        instance: instance.into(),
-        execution_id: 1,
-        id: 1,
-        name: "A".into(),
-        input: input.into(),
-        session_id: None,
-        tag: None,
-    }
+    start_item(instance, input, Some("1.0.0"))
 }
 
 fn input_of(item: &WorkItem) -> &str {
@@ -251,7 +230,7 @@ async fn two_schemas_never_see_each_others_instances_queues_or_locks() {
         p.enqueue_for_orchestrator(start("same-id", tenant), None)
             .await
             .unwrap();
-        p.enqueue_for_worker(activity("same-id", tenant)).await.unwrap();
+        p.enqueue_for_worker(activity_item("same-id", tenant)).await.unwrap();
     }
     let lock = Duration::from_secs(30);
     // A holds a lock on "same-id"; B's instance of that name is not blocked.
