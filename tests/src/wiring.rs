@@ -110,22 +110,12 @@ macro_rules! wire_orchestration_and_worker_modules {
 /// Where cargo keeps the source of duroxide's validation modules, for the
 /// crate whose manifest is `manifest`.
 pub fn duroxide_validation_dir(manifest: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = match std::process::Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--manifest-path",
-            manifest,
-        ])
-        .output()
-    {
-        Ok(out) if out.status.success() => out,
-        Ok(out) => panic!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr)),
-        Err(e) => panic!("cargo metadata did not run: {e}"),
-    };
+    // Offline first (no network, no index update). On a machine whose cargo
+    // cache lacks a package of another platform (cargo metadata wants them
+    // all, built or not) that fails, and the second try may download it.
+    let out = cargo_metadata(manifest, true)
+        .or_else(|offline| cargo_metadata(manifest, false).map_err(|online| format!("{offline}; then {online}")))
+        .unwrap_or_else(|e| panic!("{e}"));
     let meta: serde_json::Value = match serde_json::from_slice(&out.stdout) {
         Ok(v) => v,
         Err(e) => panic!("cargo metadata printed no JSON: {e}"),
@@ -140,6 +130,25 @@ pub fn duroxide_validation_dir(manifest: &str) -> PathBuf {
     match Path::new(manifest_path).parent() {
         Some(dir) => dir.join("src/provider_validation"),
         None => panic!("no directory for {manifest_path}"),
+    }
+}
+
+/// `cargo metadata` for `manifest`'s package, or why it failed.
+fn cargo_metadata(manifest: &str, offline: bool) -> Result<std::process::Output, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["metadata", "--format-version", "1", "--manifest-path", manifest]);
+    if offline {
+        cmd.arg("--offline");
+    }
+    let mode = if offline { "offline" } else { "online" };
+    match cmd.output() {
+        Ok(out) if out.status.success() => Ok(out),
+        Ok(out) => Err(format!(
+            "cargo metadata ({mode}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        Err(e) => Err(format!("cargo metadata ({mode}) did not run: {e}")),
     }
 }
 
