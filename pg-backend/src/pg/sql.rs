@@ -31,7 +31,13 @@ pub const TABLES: &[&str] = &[
 ];
 
 /// The store clock in milliseconds since the Unix epoch.
-const NOW_MS: &str = "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint";
+///
+/// A scalar subquery, so it is evaluated once per use as an init plan, not
+/// once per row: `clock_timestamp()` is volatile, and a comparison with a
+/// volatile expression can be neither an index condition nor hoisted, so
+/// `visible_at_ms <= <bare expression>` filtered every row of a queue (and
+/// its dead tuples) instead of seeking the index.
+const NOW_MS: &str = "(SELECT (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint)";
 
 /// Render a template for `schema`. The only place SQL text is assembled.
 pub fn render(template: &str, schema: &SchemaName) -> String {
