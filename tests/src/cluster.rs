@@ -99,6 +99,12 @@ impl Cluster {
         self.ctl(&["restart", "-m", "fast", "-w", "-t", "60"]).await;
     }
 
+    /// Restart after an immediate shutdown: the server stops without a
+    /// checkpoint, as in a crash, and recovers by replaying its WAL.
+    pub async fn restart_crash(&self) {
+        self.ctl(&["restart", "-m", "immediate", "-w", "-t", "60"]).await;
+    }
+
     /// A superuser connection (panics if the cluster does not answer).
     pub async fn admin(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)

@@ -1,6 +1,6 @@
 //! Real Postgres faults under the real duroxide runtime, on a throwaway
 //! cluster each test starts for itself (the shared server is never touched):
-//! the server restarted mid-run, and every provider connection killed every
+//! the server restarted mid-run (fast shutdown, and immediate: a crash), and every provider connection killed every
 //! 500 ms. Nothing may be lost, failed, wrong or completed twice. And three
 //! separate OS processes sharing one schema (on the shared server: nothing
 //! is restarted there) never work on one instance at the same time.
@@ -98,27 +98,48 @@ async fn postmaster_start(cluster: &Cluster) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_fast_restarts_mid_run_lose_nothing() {
+    restarts_mid_run_lose_nothing("restart", Restart::Fast).await;
+}
+
+/// A crash (immediate shutdown, WAL replay on start) in the middle of
+/// claims, acks and enqueues: every write the provider reported committed
+/// must survive it, and what was in flight is redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_crash_restarts_mid_run_lose_nothing() {
+    restarts_mid_run_lose_nothing("crash", Restart::Crash).await;
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Restart {
+    Fast,
+    Crash,
+}
+
+async fn restarts_mid_run_lose_nothing(prefix: &str, how: Restart) {
     const COUNT: u64 = 200;
     let cluster = Cluster::start().await;
     let started_at = postmaster_start(&cluster).await;
     let run = start_run(&cluster).await;
-    workload::start_all(&run.client, "restart", COUNT).await;
+    workload::start_all(&run.client, prefix, COUNT).await;
     let total_runs = COUNT * workload::STEPS;
     let mut restarts = 0;
     for at in [total_runs / 5, total_runs / 2] {
         wait_for_progress(&run.log, at).await;
-        cluster.restart_fast().await;
+        match how {
+            Restart::Fast => cluster.restart_fast().await,
+            Restart::Crash => cluster.restart_crash().await,
+        }
         restarts += 1;
     }
     assert!(
         postmaster_start(&cluster).await > started_at,
         "the server really restarted"
     );
-    let outcome = workload::check_all(&run.client, run.provider.as_ref(), "restart", COUNT, RUN_LIMIT).await;
+    let outcome = workload::check_all(&run.client, run.provider.as_ref(), prefix, COUNT, RUN_LIMIT).await;
     let log = run.log.clone();
     finish(run, COUNT).await;
     eprintln!(
-        "restart: {COUNT} orchestrations x {} activities, {restarts} fast restarts survived, {} correct, {} lost or wrong, {} duplicate activity runs",
+        "{prefix}: {COUNT} orchestrations x {} activities, {restarts} {how:?} restarts survived, {} correct, {} lost or wrong, {} duplicate activity runs",
         workload::STEPS,
         outcome.correct,
         outcome.problems.len(),
