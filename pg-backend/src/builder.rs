@@ -15,6 +15,9 @@ use std::time::Duration;
 /// The schema used when none is configured.
 pub const DEFAULT_SCHEMA: &str = "duropg";
 
+/// Default [`PgProviderBuilder::completion_window`].
+pub const DEFAULT_COMPLETION_WINDOW: Duration = Duration::from_millis(20);
+
 /// Why a provider could not be built. Every variant says what to fix.
 #[derive(Debug)]
 pub enum PgError {
@@ -59,6 +62,7 @@ pub struct PgProviderBuilder {
     connect_timeout: Duration,
     pool_wait: Duration,
     statement_timeout: Option<Duration>,
+    completion_window: Duration,
     migrate: bool,
     engine: EngineConfig,
     tokens: Arc<dyn TokenSource>,
@@ -75,6 +79,7 @@ impl fmt::Debug for PgProviderBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("pool_wait", &self.pool_wait)
             .field("statement_timeout", &self.statement_timeout)
+            .field("completion_window", &self.completion_window)
             .field("migrate", &self.migrate)
             .field("ssl_mode", &self.ssl_mode)
             .field("engine", &self.engine)
@@ -101,6 +106,7 @@ impl PgProvider {
             connect_timeout: Duration::from_secs(5),
             pool_wait: Duration::from_secs(5),
             statement_timeout: None,
+            completion_window: DEFAULT_COMPLETION_WINDOW,
             migrate: true,
             engine: EngineConfig::default(),
             tokens: Arc::new(UuidTokens),
@@ -122,6 +128,17 @@ impl PgProviderBuilder {
     /// Most connections the pool opens (default 10).
     pub fn pool_size(mut self, n: u32) -> Self {
         self.pool_size = n;
+        self
+    }
+
+    /// How long the wake-up for an activity's completion may wait while
+    /// other activities of the same instance are still queued or running, so
+    /// that close completions share one orchestration turn (default 20 ms;
+    /// zero wakes at once). The message is claimable at once either way, and
+    /// the last outstanding activity's completion always wakes at once. See
+    /// `docs/semantics.md`.
+    pub fn completion_window(mut self, d: Duration) -> Self {
+        self.completion_window = d;
         self
     }
 
@@ -286,7 +303,7 @@ impl PgProviderBuilder {
             .build_unchecked(manager.clone());
         // The connection that migrated is the pool's first.
         let _ = pool.add(first);
-        let store = PgStore::new(pool, manager, schema, self.engine.retry);
+        let store = PgStore::new(pool, manager, schema, self.engine.retry, self.completion_window);
         Ok(Engine::new(store, self.engine, self.tokens))
     }
 }

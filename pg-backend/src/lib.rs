@@ -42,7 +42,7 @@ pub mod pg;
 pub mod retry;
 pub mod store;
 
-pub use builder::{PgError, PgProviderBuilder, DEFAULT_SCHEMA};
+pub use builder::{PgError, PgProviderBuilder, DEFAULT_COMPLETION_WINDOW, DEFAULT_SCHEMA};
 pub use duropg_core as core;
 pub use engine::{Engine, EngineConfig, FetchCounts, FetchStats, PollConfig, TokenSource, UuidTokens};
 pub use pg::tls::SslMode;

@@ -5,6 +5,7 @@
 //! its statements pipelined where they do not depend on each other.
 
 mod admin;
+mod coalesce;
 mod conn;
 pub mod error;
 mod listen;
@@ -35,7 +36,7 @@ use error::uint;
 use sql::Sql;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_postgres::Row;
 
 type Pool = bb8::Pool<ConnectionManager>;
@@ -55,6 +56,8 @@ pub struct PgStore {
     origin: String,
     /// `min(visible_at) - now` seen by the last empty claim, per queue (u64::MAX: none).
     hints: [AtomicU64; 2],
+    /// Completion wake-ups waiting for their coalescing window.
+    coalescer: Arc<coalesce::Coalescer>,
     _listener: listen::Listener,
 }
 
@@ -69,7 +72,13 @@ impl std::fmt::Debug for PgStore {
 
 impl PgStore {
     /// A store over an existing pool.
-    pub(crate) fn new(pool: Pool, manager: ConnectionManager, schema: SchemaName, retry: RetryPolicy) -> Self {
+    pub(crate) fn new(
+        pool: Pool,
+        manager: ConnectionManager,
+        schema: SchemaName,
+        retry: RetryPolicy,
+        completion_window: Duration,
+    ) -> Self {
         static STORES: AtomicU64 = AtomicU64::new(0);
         let class = migrate::stable_hash(&format!("duropg.claim.{schema}"));
         let sql = Sql::new(&schema);
@@ -86,6 +95,7 @@ impl PgStore {
             retry,
             origin,
             hints: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+            coalescer: Arc::new(coalesce::Coalescer::new(completion_window)),
             _listener: listener,
         }
     }
@@ -102,6 +112,52 @@ impl PgStore {
             .bind(channel)
             .bind(payload)
             .bind(i32::try_from(count).unwrap_or(i32::MAX))
+    }
+
+    /// Wake an orchestration dispatcher for `instance` when its coalescing
+    /// window ends, unless a claim or an announcement settles it first (see
+    /// `pg/coalesce.rs`). The `NOTIFY` for other processes goes out then
+    /// too; if it cannot be sent, their fetchers find the message at their
+    /// next re-check, as for any missed notification.
+    pub(crate) fn wake_after_window(&self, instance: &str) {
+        if !self.coalescer.defer(instance) {
+            return;
+        }
+        let coalescer = Arc::clone(&self.coalescer);
+        let signals = Arc::clone(&self.signals);
+        let pool = self.pool.clone();
+        let sql = self.sql.notify.clone();
+        let (channel, payload) = self.notification(QueueKind::Orchestrator, 1);
+        let (channel, payload) = (channel.to_string(), payload);
+        let instance = instance.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(coalescer.window()).await;
+            if !coalescer.due(&instance) {
+                return;
+            }
+            signals.wake(QueueKind::Orchestrator, 1);
+            let sent = match pool.get().await {
+                Ok(mut conn) => conn
+                    .pipeline(&[Stmt::new(&sql)
+                        .bind(channel.as_str())
+                        .bind(payload.as_str())
+                        .bind(1_i32)])
+                    .await
+                    .map(|_| ())
+                    .map_err(|f| f.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(detail) = sent {
+                tracing::debug!(%instance, %detail, "coalesced completion NOTIFY not sent");
+            }
+        });
+    }
+
+    /// `instance` was claimed or announced: no coalesced wake-up is needed.
+    pub(crate) fn settle_wake(&self, instance: &str) {
+        if self.coalescer.enabled() {
+            self.coalescer.settle(instance);
+        }
     }
 
     /// Record what an empty claim learned about the next visible message.

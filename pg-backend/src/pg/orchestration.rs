@@ -86,6 +86,7 @@ impl PgStore {
         };
         let key = || "claimed instance".to_string();
         let instance: String = col(first, 0, "instance_locks", &key)?;
+        self.settle_wake(&instance);
         let now_ms = uint(col(first, 1, "instance_locks", &key)?);
         Ok(Some(claimed_batch(&instance, token, now_ms, &results[1..5])?))
     }

@@ -93,13 +93,14 @@ impl PgStore {
         if let Some(row) = completion {
             let (delay, at) = visibility_columns(row.visibility);
             stmts.push(
-                Stmt::new(&self.sql.enqueue_orchestrator)
+                Stmt::new(&self.sql.enqueue_completion)
                     .bind(row.instance.as_str())
                     .bind(row.payload.as_str())
                     .bind(delay)
                     .bind(at)
                     .bind(self.schema.as_str())
-                    .bind(self.origin.as_str()),
+                    .bind(self.origin.as_str())
+                    .bind(self.coalescer.enabled()),
             );
         }
         let mut conn = self.conn().await?;
@@ -112,8 +113,15 @@ impl PgStore {
             format!("lock token {lock_token:?}")
         })?);
         self.commit(&mut conn, Some(xid)).await?;
-        if completion.is_some() {
+        if let Some(row) = completion {
             self.wake_announced(QueueKind::Orchestrator, &results[1]);
+            // Committed: from here on nothing may fail the ack. A flag that
+            // cannot be read (never expected) wakes at once.
+            match results[1].first().map(|r| r.try_get::<_, bool>(1)) {
+                Some(Ok(true)) => self.wake_after_window(&row.instance),
+                Some(Ok(false)) | None => self.settle_wake(&row.instance),
+                Some(Err(_)) => self.signals.wake(QueueKind::Orchestrator, 1),
+            }
         }
         Ok(Guarded::Applied)
     }

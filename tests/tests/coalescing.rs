@@ -1,0 +1,234 @@
+//! Completion coalescing (`pg-backend/src/pg/coalesce.rs`): the wake-up for
+//! an activity's completion waits out a short window while other activities
+//! of the instance are still queued, but the message is claimable at once,
+//! the wake-up does come (in this process and, by `NOTIFY`, in others), and
+//! the last outstanding activity's completion wakes at once.
+//!
+//! The providers here re-check the queue only every 60 s, so a fetch that
+//! returns work within its 10 s long poll was woken, not found by polling.
+
+use duropg::store::QueueKind;
+use duropg::{EngineConfig, PgProvider, PollConfig};
+use duropg_tests::cluster::wait_until;
+use duropg_tests::{start_item, started_event, TestSchema};
+use duroxide::providers::{ExecutionMetadata, OrchestrationItem, Provider, ProviderError, TagFilter, WorkItem};
+use std::sync::Arc;
+use std::time::Duration;
+
+const LOCK: Duration = Duration::from_secs(30);
+const LONG_POLL: Duration = Duration::from_secs(10);
+
+/// A provider with the default window that re-checks only every 60 s.
+async fn provider(schema: &TestSchema) -> Arc<PgProvider> {
+    with_window(schema, duropg::DEFAULT_COMPLETION_WINDOW).await
+}
+
+fn activity(instance: &str, id: u64) -> WorkItem {
+    WorkItem::ActivityExecute {
+        instance: instance.into(),
+        execution_id: 1,
+        id,
+        name: "A".into(),
+        input: format!("input-{id}"),
+        session_id: None,
+        tag: None,
+    }
+}
+
+fn completed(instance: &str, id: u64) -> WorkItem {
+    WorkItem::ActivityCompleted {
+        instance: instance.into(),
+        execution_id: 1,
+        id,
+        result: format!("result-{id}"),
+    }
+}
+
+/// Start `instance` and schedule activities 1 and 2 (both in the worker queue).
+async fn fan_out_of_two(p: &PgProvider, instance: &str) {
+    p.enqueue_for_orchestrator(start_item(instance, "{}", None), None)
+        .await
+        .unwrap();
+    let (_, token, _) = p
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("the start is fetched");
+    let metadata = ExecutionMetadata {
+        orchestration_name: Some("O".into()),
+        orchestration_version: Some("1.0.0".into()),
+        ..Default::default()
+    };
+    p.ack_orchestration_item(
+        &token,
+        1,
+        vec![started_event(instance)],
+        vec![activity(instance, 1), activity(instance, 2)],
+        vec![],
+        metadata,
+        vec![],
+    )
+    .await
+    .unwrap();
+}
+
+/// Claim the next activity; returns its id and lock token.
+async fn claim_activity(p: &PgProvider) -> (u64, String) {
+    let (item, token, _) = p
+        .fetch_work_item(LOCK, Duration::ZERO, None, &TagFilter::DefaultOnly)
+        .await
+        .unwrap()
+        .expect("an activity is queued");
+    match item {
+        WorkItem::ActivityExecute { id, .. } => (id, token),
+        other => panic!("expected an activity, got {other:?}"),
+    }
+}
+
+fn completion_ids(messages: &[WorkItem]) -> Vec<u64> {
+    let mut ids: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| match m {
+            WorkItem::ActivityCompleted { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_whose_sibling_is_still_queued_is_claimable_at_once() {
+    let schema = TestSchema::new("coalesce_visible");
+    let p = provider(&schema).await;
+    fan_out_of_two(&p, "c").await;
+    let (id, token) = claim_activity(&p).await;
+    p.ack_work_item(&token, Some(completed("c", id))).await.unwrap();
+    // No waiting at all: a look finds the message, whatever the wake-up does.
+    let (item, _, _) = p
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("the completion is visible at once");
+    assert_eq!(completion_ids(&item.messages), vec![id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coalesced_wake_up_reaches_a_waiting_fetch_in_this_process() {
+    let schema = TestSchema::new("coalesce_local");
+    let p = provider(&schema).await;
+    fan_out_of_two(&p, "c").await;
+    let (id, token) = claim_activity(&p).await;
+    let waiter = waiting_fetch(&p, LONG_POLL).await;
+    p.ack_work_item(&token, Some(completed("c", id))).await.unwrap();
+    let (item, _, _) = waiter
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the deferred wake-up came before the long poll ended");
+    assert_eq!(completion_ids(&item.messages), vec![id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coalesced_wake_up_reaches_a_waiting_fetch_in_another_process() {
+    let schema = TestSchema::new("coalesce_remote");
+    let acker = provider(&schema).await;
+    let other = provider(&schema).await;
+    fan_out_of_two(&acker, "c").await;
+    let (id, token) = claim_activity(&acker).await;
+    let waiter = waiting_fetch(&other, LONG_POLL).await;
+    acker.ack_work_item(&token, Some(completed("c", id))).await.unwrap();
+    let (item, _, _) = waiter
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the deferred NOTIFY reached the other provider");
+    assert_eq!(completion_ids(&item.messages), vec![id]);
+}
+
+/// A fetch long-polling for `wait` on `p`, returned once it is waiting: it
+/// looked and found nothing, or skipped the look because the queue is known
+/// to be empty (nothing announced since the last empty look). Either way an
+/// ack after this reaches it only through a wake-up.
+async fn waiting_fetch(
+    p: &Arc<PgProvider>,
+    wait: Duration,
+) -> tokio::task::JoinHandle<Result<Option<(OrchestrationItem, String, u32)>, ProviderError>> {
+    let empty = || {
+        let counts = p.fetch_stats().counts(QueueKind::Orchestrator);
+        counts.empty + counts.skipped
+    };
+    let before = empty();
+    let handle = {
+        let p = Arc::clone(p);
+        tokio::spawn(async move { p.fetch_orchestration_item(LOCK, wait, None).await })
+    };
+    wait_until(
+        "the fetch to find the queue empty",
+        LONG_POLL,
+        Duration::from_millis(5),
+        || async { empty() > before },
+    )
+    .await;
+    handle
+}
+
+async fn with_window(schema: &TestSchema, window: Duration) -> Arc<PgProvider> {
+    let config = EngineConfig {
+        poll: PollConfig {
+            notified_recheck_ms: 60_000,
+            ..PollConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let built = schema
+        .builder()
+        .engine_config(config)
+        .completion_window(window)
+        .build()
+        .await;
+    Arc::new(built.unwrap_or_else(|e| panic!("{e}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_window_holds_the_wake_up_until_the_last_completion() {
+    let schema = TestSchema::new("coalesce_long");
+    let p = with_window(&schema, Duration::from_secs(60)).await;
+    fan_out_of_two(&p, "c").await;
+    let (first, first_token) = claim_activity(&p).await;
+    let (second, second_token) = claim_activity(&p).await;
+    let waiter = waiting_fetch(&p, Duration::from_secs(2)).await;
+    p.ack_work_item(&first_token, Some(completed("c", first)))
+        .await
+        .unwrap();
+    assert!(
+        waiter.await.unwrap().unwrap().is_none(),
+        "with activity 2 outstanding, the first completion wakes nobody within its window"
+    );
+    let waiter = waiting_fetch(&p, LONG_POLL).await;
+    p.ack_work_item(&second_token, Some(completed("c", second)))
+        .await
+        .unwrap();
+    let (item, _, _) = waiter
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the last outstanding completion wakes at once");
+    assert_eq!(completion_ids(&item.messages), vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_window_wakes_for_every_completion_at_once() {
+    let schema = TestSchema::new("coalesce_off");
+    let p = with_window(&schema, Duration::ZERO).await;
+    fan_out_of_two(&p, "c").await;
+    let (id, token) = claim_activity(&p).await;
+    let waiter = waiting_fetch(&p, Duration::from_secs(2)).await;
+    p.ack_work_item(&token, Some(completed("c", id))).await.unwrap();
+    let (item, _, _) = waiter
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("without a window the first completion wakes the waiting fetch");
+    assert_eq!(completion_ids(&item.messages), vec![id]);
+}
