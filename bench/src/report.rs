@@ -15,8 +15,10 @@ pub struct Machine {
     pub fsync: String,
     /// `synchronous_commit`.
     pub synchronous_commit: String,
-    /// `pg_stat_statements` loaded?
-    pub statements: bool,
+    /// `pg_stat_statements.track` when the module is loaded (`None`: not loaded): `all` also counts the
+    /// statements run inside functions (duroxide-pg's stored procedures),
+    /// `top` counts only what clients send.
+    pub statements_track: Option<String>,
 }
 
 impl Machine {
@@ -32,14 +34,20 @@ impl Machine {
                     .map_err(|e| format!("{q}: {e}"))
             }
         };
+        let statements = get("SHOW shared_preload_libraries")
+            .await?
+            .contains("pg_stat_statements");
+        let statements_track = if statements {
+            Some(get("SELECT current_setting('pg_stat_statements.track')").await?)
+        } else {
+            None
+        };
         Ok(Self {
             cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             server: get("SHOW server_version").await?,
             fsync: get("SHOW fsync").await?,
             synchronous_commit: get("SHOW synchronous_commit").await?,
-            statements: get("SHOW shared_preload_libraries")
-                .await?
-                .contains("pg_stat_statements"),
+            statements_track,
         })
     }
 
@@ -51,7 +59,10 @@ impl Machine {
             self.server,
             self.fsync,
             self.synchronous_commit,
-            if self.statements { "loaded" } else { "not loaded" }
+            match &self.statements_track {
+                Some(track) => format!("loaded (track = {track})"),
+                None => "not loaded".to_string(),
+            }
         )
     }
 }
@@ -223,11 +234,20 @@ pub fn document(machine: &Machine, s: &Settings, ceiling: f64, rows: &[Row]) -> 
          (`run_parallel_orchestrations_test_with_config`: fan-out of 5 activities, 10 ms each) \
          with identical configs; \"transactions / orchestration\" is the growth of \
          `pg_stat_database.xact_commit` during the scenario (empty polls and the client's \
-         status polls included) divided by completed orchestrations; statements need \
-         `pg_stat_statements` preloaded (n/a otherwise). The commit ceiling is {ceiling:.0} \
+         status polls included) divided by completed orchestrations; statements are the growth \
+         of `pg_stat_statements` calls, which needs it preloaded (n/a otherwise) and, to count \
+         the statements duroxide-pg runs inside its stored procedures as well as the call, \
+         `pg_stat_statements.track = all` (with `top` only what a client sends is counted, \
+         which flatters a provider built on stored procedures; to set it up: \
+         `ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'`, restart, \
+         `CREATE EXTENSION pg_stat_statements`, `ALTER SYSTEM SET pg_stat_statements.track = 'all'`, \
+         `SELECT pg_reload_conf()`). The commit ceiling is {ceiling:.0} \
          one-row-insert transactions per second from 8 connections on the same server; \
          \"% of commit ceiling\" is throughput / (ceiling / transactions per orchestration). \
-         The \"runtime only\" rows run 100 fan-out-of-5 orchestrations (10 ms activities,          20 in flight, default `RuntimeOptions`: 2/2 dispatchers) and notice completion          in-process, so they count only the runtime's transactions — fetches, acks,          empty polls — without the stress test's client polling status.          Latency is start-to-completion of a one-activity orchestration on an idle runtime \
+         The \"runtime only\" rows run 100 fan-out-of-5 orchestrations (10 ms activities, \
+         20 in flight, default `RuntimeOptions`: 2/2 dispatchers) and notice completion \
+         in-process, so they count only the runtime's transactions — fetches, acks, \
+         empty polls — without the stress test's client polling status. Latency is start-to-completion of a one-activity orchestration on an idle runtime \
          (default `RuntimeOptions`), sampled by polling status every millisecond. The large-payload \
          rows run 48 orchestrations, 8 in flight, each with a 256 KiB input and a 256 KiB output.\n\n{table}\n{ceilings}",
         date = today(),
@@ -243,17 +263,31 @@ pub fn document(machine: &Machine, s: &Settings, ceiling: f64, rows: &[Row]) -> 
 /// What bounds the stress scenario, whatever the provider.
 const CEILINGS: &str = "## What bounds these scenarios\n\n\
     duroxide's stress scenario fans out 5 activities that each sleep 10 ms, and \
-    an activity occupies one worker slot for its whole run. With W worker slots \
-    no provider can exceed W x 100 activities/s, that is W x 20 orchestrations/s: \
-    **40/s at 2/2 and 160/s at 8/8**. Both providers run near the 2/2 bound, so \
-    that configuration cannot separate them by much; at 8/8 the remaining gap to \
-    the bound is per-activity overhead (a claim and an ack, each a transaction) \
-    and the CPU the two cores share between PostgreSQL, the runtime and the \
-    stress test's own client, which polls every in-flight orchestration's \
-    status (two queries per poll, up to every 100 ms).\n\n\
+    an activity occupies one worker slot for its whole run (the runtime's worker \
+    loop fetches, runs and acks one item at a time). With W worker slots no \
+    provider can exceed W x 100 activities/s, that is W x 20 orchestrations/s: \
+    **40/s at 2/2 and 160/s at 8/8**. At 2/2 each slot's cycle is the 10 ms \
+    sleep (rounded up by the timer) plus a claim, an ack and the runtime's own \
+    work, so both providers sit at about two thirds of the bound and the ratio \
+    can never reach much above 1.5 whatever the provider does. At 8/8 the two \
+    cores are saturated: PostgreSQL, the runtime and the stress test's client \
+    share them (about 70% of the CPU went to PostgreSQL in a duropg run), so \
+    throughput follows the CPU each orchestration costs, and the figures move \
+    with the neighbours' load on a shared machine — read the ratio, not the \
+    absolute numbers.\n\n\
     Transactions per orchestration have a floor for this workload: the start \
-    (1), a claim and an ack per activity (10), and a claim and an ack per \
-    orchestration turn (2 per turn; a turn per completion that arrives while \
-    the previous turn ran). The \"runtime only\" rows are that floor plus empty \
-    looks; the stress rows add the client's status polls, which are the same \
-    queries for both providers.\n";
+    (1); per activity a claim, an ack and a read of the instance's whole \
+    history, which duroxide's worker makes to tell the activity its \
+    orchestration's name and version (`Runtime::get_orchestration_descriptor` \
+    calls `Provider::read`), so 15; and a claim and an ack per orchestration \
+    turn. How many turns a fan-out of 5 takes depends on how completions are \
+    batched: duroxide-pg's 100 ms poll sleep lets them pile up (about 2 turns \
+    per orchestration) at the price of the idle latency in the table; duropg \
+    wakes a dispatcher as soon as a completion commits, but holds the wake-up \
+    for up to 20 ms (`completion_window`) while other activities of the \
+    instance are still queued, so close completions share a turn and the \
+    last one wakes at once. The stress rows add the client's status polls: \
+    `Client::wait_for_orchestration` calls the provider's `read` and \
+    `get_custom_status` (two transactions per poll for both providers) at 5 ms \
+    doubling to 100 ms, so the count grows with the time an orchestration \
+    waits for a worker slot.\n";
