@@ -97,6 +97,57 @@ fn completion_ids(messages: &[WorkItem]) -> Vec<u64> {
     ids
 }
 
+/// A fetch long-polling for `wait` on `p`, returned once it is waiting: it
+/// looked and found nothing, or skipped the look because the queue is known
+/// to be empty (nothing announced since the last empty look). Either way an
+/// ack after this reaches it only through a wake-up.
+async fn waiting_fetch(p: &Arc<PgProvider>, wait: Duration) -> Waiter {
+    let empty = || {
+        let counts = p.fetch_stats().counts(QueueKind::Orchestrator);
+        counts.empty + counts.skipped
+    };
+    let before = empty();
+    let handle = {
+        let p = Arc::clone(p);
+        tokio::spawn(async move { p.fetch_orchestration_item(LOCK, wait, None).await })
+    };
+    wait_until(
+        "the fetch to find the queue empty",
+        LONG_POLL,
+        Duration::from_millis(5),
+        || async { empty() > before },
+    )
+    .await;
+    handle
+}
+
+/// A provider with completion window `window` that re-checks only every 60 s.
+async fn with_window(schema: &TestSchema, window: Duration) -> Arc<PgProvider> {
+    let config = EngineConfig {
+        poll: PollConfig {
+            notified_recheck_ms: 60_000,
+            ..PollConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let built = schema
+        .builder()
+        .engine_config(config)
+        .completion_window(window)
+        .build()
+        .await;
+    Arc::new(built.unwrap_or_else(|e| panic!("{e}")))
+}
+
+type Waiter = tokio::task::JoinHandle<Result<Option<(OrchestrationItem, String, u32)>, ProviderError>>;
+
+/// The activity ids of the completions the woken `waiter` fetched; panics
+/// with `what` if it returned no work.
+async fn woken_with(waiter: Waiter, what: &str) -> Vec<u64> {
+    let (item, _, _) = waiter.await.unwrap().unwrap().expect(what);
+    completion_ids(&item.messages)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_whose_sibling_is_still_queued_is_claimable_at_once() {
     let schema = TestSchema::new("coalesce_visible");
@@ -121,12 +172,10 @@ async fn the_coalesced_wake_up_reaches_a_waiting_fetch_in_this_process() {
     let (id, token) = claim_activity(&p).await;
     let waiter = waiting_fetch(&p, LONG_POLL).await;
     p.ack_work_item(&token, Some(completed("c", id))).await.unwrap();
-    let (item, _, _) = waiter
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the deferred wake-up came before the long poll ended");
-    assert_eq!(completion_ids(&item.messages), vec![id]);
+    assert_eq!(
+        woken_with(waiter, "the deferred wake-up came before the long poll ended").await,
+        vec![id]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,56 +187,10 @@ async fn the_coalesced_wake_up_reaches_a_waiting_fetch_in_another_process() {
     let (id, token) = claim_activity(&acker).await;
     let waiter = waiting_fetch(&other, LONG_POLL).await;
     acker.ack_work_item(&token, Some(completed("c", id))).await.unwrap();
-    let (item, _, _) = waiter
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the deferred NOTIFY reached the other provider");
-    assert_eq!(completion_ids(&item.messages), vec![id]);
-}
-
-/// A fetch long-polling for `wait` on `p`, returned once it is waiting: it
-/// looked and found nothing, or skipped the look because the queue is known
-/// to be empty (nothing announced since the last empty look). Either way an
-/// ack after this reaches it only through a wake-up.
-async fn waiting_fetch(
-    p: &Arc<PgProvider>,
-    wait: Duration,
-) -> tokio::task::JoinHandle<Result<Option<(OrchestrationItem, String, u32)>, ProviderError>> {
-    let empty = || {
-        let counts = p.fetch_stats().counts(QueueKind::Orchestrator);
-        counts.empty + counts.skipped
-    };
-    let before = empty();
-    let handle = {
-        let p = Arc::clone(p);
-        tokio::spawn(async move { p.fetch_orchestration_item(LOCK, wait, None).await })
-    };
-    wait_until(
-        "the fetch to find the queue empty",
-        LONG_POLL,
-        Duration::from_millis(5),
-        || async { empty() > before },
-    )
-    .await;
-    handle
-}
-
-async fn with_window(schema: &TestSchema, window: Duration) -> Arc<PgProvider> {
-    let config = EngineConfig {
-        poll: PollConfig {
-            notified_recheck_ms: 60_000,
-            ..PollConfig::default()
-        },
-        ..EngineConfig::default()
-    };
-    let built = schema
-        .builder()
-        .engine_config(config)
-        .completion_window(window)
-        .build()
-        .await;
-    Arc::new(built.unwrap_or_else(|e| panic!("{e}")))
+    assert_eq!(
+        woken_with(waiter, "the deferred NOTIFY reached the other provider").await,
+        vec![id]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,12 +212,10 @@ async fn a_long_window_holds_the_wake_up_until_the_last_completion() {
     p.ack_work_item(&second_token, Some(completed("c", second)))
         .await
         .unwrap();
-    let (item, _, _) = waiter
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("the last outstanding completion wakes at once");
-    assert_eq!(completion_ids(&item.messages), vec![1, 2]);
+    assert_eq!(
+        woken_with(waiter, "the last outstanding completion wakes at once").await,
+        vec![1, 2]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,10 +226,8 @@ async fn a_zero_window_wakes_for_every_completion_at_once() {
     let (id, token) = claim_activity(&p).await;
     let waiter = waiting_fetch(&p, Duration::from_secs(2)).await;
     p.ack_work_item(&token, Some(completed("c", id))).await.unwrap();
-    let (item, _, _) = waiter
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("without a window the first completion wakes the waiting fetch");
-    assert_eq!(completion_ids(&item.messages), vec![id]);
+    assert_eq!(
+        woken_with(waiter, "without a window the first completion wakes the waiting fetch").await,
+        vec![id]
+    );
 }

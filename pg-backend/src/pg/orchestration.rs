@@ -34,17 +34,22 @@ fn event_rows(rows: &[Row], table: &str, instance: &str) -> Result<Vec<StoredEve
 }
 
 impl PgStore {
-    pub(super) async fn enqueue_orchestrator_row(&self, row: &OrchRow) -> Result<(), StoreFault> {
+    /// The `enqueue_orchestrator` statement for `row`; `coalesce` for an
+    /// activity's completion (see `pg/coalesce.rs`).
+    pub(super) fn enqueue_stmt<'a>(&'a self, row: &'a OrchRow, coalesce: bool) -> Stmt<'a> {
         let (delay, at) = visibility_columns(row.visibility);
-        let (channel, origin) = (self.schema.as_str(), self.origin.as_str());
-        let stmt = Stmt::new(&self.sql.enqueue_orchestrator)
+        Stmt::new(&self.sql.enqueue_orchestrator)
             .bind(row.instance.as_str())
             .bind(row.payload.as_str())
             .bind(delay)
             .bind(at)
-            .bind(channel)
-            .bind(origin);
-        let announced = self.write_once(stmt).await?;
+            .bind(self.schema.as_str())
+            .bind(self.origin.as_str())
+            .bind(coalesce)
+    }
+
+    pub(super) async fn enqueue_orchestrator_row(&self, row: &OrchRow) -> Result<(), StoreFault> {
+        let announced = self.write_once(self.enqueue_stmt(row, false)).await?;
         self.wake_announced(QueueKind::Orchestrator, &announced);
         Ok(())
     }

@@ -83,28 +83,14 @@ statements! {
     // ---- orchestrator queue -------------------------------------------------
 
     /// Insert one message ($1 instance, $2 payload, $3 delay ms or null, $4
-    /// absolute ms or null) and, if it is visible at once, notify channel $5
-    /// (origin $6).
+    /// absolute ms or null); if it is claimable at once, notify channel $5
+    /// (origin $6) — unless $7 (coalesce: an activity's completion) is set
+    /// and other activities of the instance are still in the worker queue,
+    /// whose completions can share one orchestration turn with this one.
+    /// One row: how many messages it announced (0 or 1) and whether its
+    /// wake-up is left to the coalescing window. The message is visible at
+    /// once either way; only the wake-up waits.
     enqueue_orchestrator = "WITH ins AS (
-            INSERT INTO {s}.orchestrator_queue (instance_id, work_item, visible_at_ms, enqueued_at_ms)
-            VALUES ($1, $2, COALESCE($4::bigint, {now} + COALESCE($3::bigint, 0)), {now})
-            RETURNING visible_at_ms
-        )
-        SELECT 1, pg_catalog.pg_notify($5, 'o:1:' || $6) FROM ins
-        WHERE ins.visible_at_ms <= {now}
-          -- A message for a locked instance wakes nobody: the lock holder's
-          -- ack announces it when the instance becomes claimable.
-          AND NOT EXISTS (
-            SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = $1 AND l.locked_until_ms > {now})";
-
-    /// An activity's completion (same parameters as `enqueue_orchestrator`,
-    /// plus $7: coalesce). One row: how many messages it announced (0 or
-    /// 1) and whether its wake-up is left to the coalescing window — when
-    /// $7 is set, the message is claimable now, and other activities of the
-    /// instance are still in the worker queue (their completions can share
-    /// one orchestration turn with this one). The message is visible at once
-    /// either way; only the wake-up waits.
-    enqueue_completion = "WITH ins AS (
             INSERT INTO {s}.orchestrator_queue (instance_id, work_item, visible_at_ms, enqueued_at_ms)
             VALUES ($1, $2, COALESCE($4::bigint, {now} + COALESCE($3::bigint, 0)), {now})
             RETURNING visible_at_ms

@@ -1,7 +1,6 @@
 //! Worker queue and sessions on Postgres.
 
 use super::error::{col, int, uint};
-use super::orchestration::visibility_columns;
 use super::{guarded, PgStore, Stmt};
 use crate::store::{ClaimedWork, Guarded, QueueKind, WorkClaim};
 use duropg_core::route::{ActivityKey, OrchRow, WorkerRow};
@@ -91,17 +90,7 @@ impl PgStore {
     ) -> Result<Guarded, StoreFault> {
         let mut stmts = vec![Stmt::new(&self.sql.complete_work).bind(lock_token)];
         if let Some(row) = completion {
-            let (delay, at) = visibility_columns(row.visibility);
-            stmts.push(
-                Stmt::new(&self.sql.enqueue_completion)
-                    .bind(row.instance.as_str())
-                    .bind(row.payload.as_str())
-                    .bind(delay)
-                    .bind(at)
-                    .bind(self.schema.as_str())
-                    .bind(self.origin.as_str())
-                    .bind(self.coalescer.enabled()),
-            );
+            stmts.push(self.enqueue_stmt(row, self.coalescer.enabled()));
         }
         let mut conn = self.conn().await?;
         let results = self.begin(&mut conn, stmts).await?;
