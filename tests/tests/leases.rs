@@ -5,7 +5,7 @@
 use duropg::PgProvider;
 use duropg_tests::{activity_item, admin, database_url, start_item, started_event, PgFactory, TestSchema};
 use duroxide::provider_validations::ProviderFactory;
-use duroxide::providers::{ExecutionMetadata, Provider, TagFilter, WorkItem};
+use duroxide::providers::{ExecutionMetadata, Provider, SessionFetchConfig, TagFilter, WorkItem};
 use std::time::Duration;
 
 fn start(instance: &str) -> WorkItem {
@@ -241,4 +241,78 @@ async fn an_ack_stalled_past_its_lease_inside_its_transaction_is_refused() {
         .unwrap()
         .expect("the start is still queued");
     assert_eq!((item.messages.len(), attempts), (1, 2));
+}
+
+/// Another owner claims a session while a fetch is between picking one of
+/// its activities and claiming the session (a race the pick cannot see: the
+/// other owner's claim commits only after the fetch's statement began). The
+/// fetch returns nothing and leaves the activity untouched — unlocked, its
+/// attempt count unchanged — and the session's owner then gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_taken_during_a_fetch_leaves_its_activity_untouched() {
+    let factory = PgFactory::new("session_race", false);
+    let p = factory.create_provider().await;
+    let schema = factory.schema_names().remove(0);
+    let item = WorkItem::ActivityExecute {
+        instance: "i".into(),
+        execution_id: 1,
+        id: 1,
+        name: "A".into(),
+        input: "x".into(),
+        session_id: Some("s".into()),
+        tag: None,
+    };
+    p.enqueue_for_worker(item).await.unwrap();
+    let owner = |id: &str| SessionFetchConfig {
+        owner_id: id.into(),
+        lock_timeout: Duration::from_secs(60),
+    };
+    // Owner "a" claims session "s" in a transaction still open when "b" fetches.
+    let other = admin().await;
+    other
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO \"{schema}\".sessions (session_id, owner_id, locked_until_ms, last_activity_at_ms)
+             VALUES ('s', 'a', (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 60000, 0)"
+        ))
+        .await
+        .unwrap();
+    let b = owner("b");
+    let fetch = p.fetch_work_item(
+        Duration::from_secs(30),
+        Duration::ZERO,
+        Some(&b),
+        &TagFilter::DefaultOnly,
+    );
+    let commit = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        other.batch_execute("COMMIT").await.unwrap();
+    };
+    let (fetched, ()) = tokio::join!(fetch, commit);
+    assert!(
+        fetched.unwrap().is_none(),
+        "owner b must not get an activity of the session owner a claimed first"
+    );
+    let row = admin()
+        .await
+        .query_one(
+            &format!("SELECT lock_token, attempt_count FROM \"{schema}\".worker_queue"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0), None, "the activity stays unlocked");
+    assert_eq!(row.get::<_, i32>(1), 0, "the attempt count is unchanged");
+    let a = owner("a");
+    let (_, token, attempts) = p
+        .fetch_work_item(
+            Duration::from_secs(30),
+            Duration::ZERO,
+            Some(&a),
+            &TagFilter::DefaultOnly,
+        )
+        .await
+        .unwrap()
+        .expect("the session's owner gets its activity");
+    assert_eq!(attempts, 1);
+    p.ack_work_item(&token, None).await.unwrap();
 }

@@ -4,7 +4,7 @@
 
 use super::error::{fault, invalidates_statements};
 use duropg_core::StoreFault;
-use futures::future::{try_join_all, BoxFuture};
+use futures::future::{join_all, try_join_all, BoxFuture};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -152,19 +152,28 @@ impl PgConn {
     /// Send a batch of statements pipelined (one round trip when all are
     /// prepared) and collect every result's rows. Stops at the first error.
     pub async fn pipeline(&mut self, stmts: &[Stmt<'_>]) -> Result<Vec<Vec<Row>>, StoreFault> {
-        let result = self.pipeline_raw(stmts).await;
-        result.map_err(|e| self.note_fault(fault(&e)))
+        self.pipeline_each(stmts).await?.into_iter().collect()
     }
 
-    async fn pipeline_raw(&mut self, stmts: &[Stmt<'_>]) -> Result<Vec<Vec<Row>>, tokio_postgres::Error> {
+    /// Like [`PgConn::pipeline`], but with each statement's own outcome, in
+    /// order: a batch cut off by a lost connection still reports what came
+    /// back before. Errs only when the batch could not be prepared.
+    pub async fn pipeline_each(&mut self, stmts: &[Stmt<'_>]) -> Result<Vec<Result<Vec<Row>, StoreFault>>, StoreFault> {
         let sqls: Vec<&str> = stmts.iter().map(|s| s.sql).collect();
-        let prepared = self.prepare(&sqls).await?;
+        let prepared = match self.prepare(&sqls).await {
+            Ok(p) => p,
+            Err(e) => return Err(self.note_fault(fault(&e))),
+        };
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = stmts
             .iter()
             .map(|s| s.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect())
             .collect();
         let client = &self.client;
-        try_join_all(prepared.iter().zip(&params).map(|(st, p)| client.query(st, p))).await
+        let outcomes = join_all(prepared.iter().zip(&params).map(|(st, p)| client.query(st, p))).await;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.map_err(|e| self.note_fault(fault(&e))))
+            .collect())
     }
 
     /// Record a fault's consequences for this connection: stale statements

@@ -239,6 +239,30 @@ impl PgStore {
         }
     }
 
+    /// A whole transaction in one round trip, like [`PgStore::transact`],
+    /// for a guarded write whose one statement reports the transaction id
+    /// in its first column, or no row when its guard failed and it wrote
+    /// nothing. See [`settle_guarded`] for what a lost connection yields.
+    pub(crate) async fn transact_guarded(&self, conn: &mut PgConn, stmt: Stmt<'_>) -> Result<Vec<Row>, StoreFault> {
+        let all = [Stmt::new(&self.sql.begin), stmt, Stmt::new(&self.sql.commit)];
+        conn.set_in_transaction(true);
+        let outcome = match conn.pipeline_each(&all).await {
+            Ok(outcomes) => settle_guarded(outcomes, |rows: &Vec<Row>| {
+                rows.first()
+                    .map(|r| error::col::<i64>(r, 0, "txid_current", &|| "guarded write".into()).map(error::uint))
+                    .transpose()
+            }),
+            // Nothing was sent: no transaction is open.
+            Err(fault) => Err(fault),
+        };
+        if matches!(outcome, Ok(_) | Err(StoreFault::Sql { .. } | StoreFault::Client { .. })) {
+            // Committed, or ended by the server; a connection that was lost
+            // on the way is already marked broken and will be discarded.
+            conn.set_in_transaction(false);
+        }
+        outcome
+    }
+
     /// More statements inside an open transaction; rolled back on failure.
     pub(crate) async fn then(&self, conn: &mut PgConn, stmts: Vec<Stmt<'_>>) -> Result<Vec<Vec<Row>>, StoreFault> {
         match conn.pipeline(&stmts).await {
@@ -305,6 +329,58 @@ impl PgStore {
             .map(i64::from)
             .sum();
         self.signals.wake(queue, usize::try_from(n).unwrap_or(0));
+    }
+}
+
+/// What a pipelined `BEGIN; write; COMMIT` came to, from each statement's
+/// outcome in order. `xid_of` reads the transaction id from the write's
+/// result, `None` when its guard failed and it wrote nothing.
+///
+/// - Every statement answered: the write's result.
+/// - A statement failed in the server (or the client refused it): every
+///   statement, `COMMIT` included, was sent, so the failed one aborted the
+///   transaction and `COMMIT` ended it; that fault.
+/// - The connection was lost after the write answered but before `COMMIT`
+///   did: the transaction may have committed. With an id, that is
+///   [`StoreFault::CommitOutcomeUnknown`] carrying it, for the engine to
+///   resolve; when the guard failed nothing was written, and the write's
+///   (empty) result stands.
+/// - Lost earlier: the outcome is unknown and no id was learned.
+pub(crate) fn settle_guarded<T>(
+    outcomes: Vec<Result<T, StoreFault>>,
+    xid_of: impl Fn(&T) -> Result<Option<u64>, StoreFault>,
+) -> Result<T, StoreFault> {
+    let server_ended = |f: &StoreFault| matches!(f, StoreFault::Sql { .. } | StoreFault::Client { .. });
+    let mut outcomes = outcomes.into_iter();
+    let (begun, written, committed) = (outcomes.next(), outcomes.next(), outcomes.next());
+    let first_fault = |all: [Option<Result<T, StoreFault>>; 3]| {
+        all.into_iter()
+            .flatten()
+            .find_map(Result::err)
+            .unwrap_or_else(|| StoreFault::Client {
+                detail: "a pipelined transaction returned fewer results than it sent".into(),
+            })
+    };
+    match (begun, written, committed) {
+        (Some(Ok(_)), Some(Ok(result)), Some(Ok(_))) => Ok(result),
+        (begun, Some(Ok(result)), Some(Err(lost)))
+            if !server_ended(&lost) && !begun.as_ref().is_some_and(Result::is_err) =>
+        {
+            match xid_of(&result)? {
+                Some(xid) => Err(StoreFault::CommitOutcomeUnknown {
+                    detail: lost.to_string(),
+                    xid: Some(xid),
+                }),
+                None => Ok(result),
+            }
+        }
+        (begun, written, committed) => match first_fault([begun, written, committed]) {
+            fault if server_ended(&fault) => Err(fault),
+            other => Err(StoreFault::CommitOutcomeUnknown {
+                detail: other.to_string(),
+                xid: None,
+            }),
+        },
     }
 }
 
@@ -447,5 +523,74 @@ impl Store for PgStore {
 
     async fn commit_status(&self, xid: u64) -> Result<CommitStatus, StoreFault> {
         self.read_commit_status(xid).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost() -> StoreFault {
+        StoreFault::ConnectionClosed {
+            detail: "connection reset".into(),
+        }
+    }
+
+    fn sql(code: &str) -> StoreFault {
+        StoreFault::Sql {
+            code: code.into(),
+            message: "failed".into(),
+        }
+    }
+
+    /// The write's result is the ids it returned; its first is the xid.
+    fn settle(outcomes: Vec<Result<Vec<u64>, StoreFault>>) -> Result<Vec<u64>, StoreFault> {
+        settle_guarded(outcomes, |ids: &Vec<u64>| Ok(ids.first().copied()))
+    }
+
+    #[test]
+    fn a_committed_write_returns_its_result() {
+        assert_eq!(settle(vec![Ok(vec![]), Ok(vec![7]), Ok(vec![])]).unwrap(), vec![7]);
+        assert_eq!(
+            settle(vec![Ok(vec![]), Ok(vec![]), Ok(vec![])]).unwrap(),
+            Vec::<u64>::new()
+        );
+    }
+
+    #[test]
+    fn a_commit_reply_lost_after_the_write_answered_carries_the_xid() {
+        match settle(vec![Ok(vec![]), Ok(vec![42]), Err(lost())]) {
+            Err(StoreFault::CommitOutcomeUnknown { xid: Some(42), .. }) => {}
+            other => panic!("expected an unknown outcome with xid 42, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lost_commit_after_a_failed_guard_wrote_nothing() {
+        assert_eq!(
+            settle(vec![Ok(vec![]), Ok(vec![]), Err(lost())]).unwrap(),
+            Vec::<u64>::new()
+        );
+    }
+
+    #[test]
+    fn a_connection_lost_before_the_write_answered_is_unknown_without_xid() {
+        match settle(vec![Ok(vec![]), Err(lost()), Err(lost())]) {
+            Err(StoreFault::CommitOutcomeUnknown { xid: None, .. }) => {}
+            other => panic!("expected an unknown outcome without xid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_error_ends_the_transaction_and_is_returned() {
+        match settle(vec![Ok(vec![]), Err(sql("40001")), Ok(vec![])]) {
+            Err(StoreFault::Sql { code, .. }) => assert_eq!(code, "40001"),
+            other => panic!("expected the write's SQL error, got {other:?}"),
+        }
+        // COMMIT itself refused (a serialization failure at commit).
+        match settle(vec![Ok(vec![]), Ok(vec![9]), Err(sql("40001"))]) {
+            Err(StoreFault::Sql { code, .. }) => assert_eq!(code, "40001"),
+            other => panic!("expected COMMIT's SQL error, got {other:?}"),
+        }
     }
 }

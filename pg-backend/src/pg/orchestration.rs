@@ -34,13 +34,14 @@ fn event_rows(rows: &[Row], table: &str, instance: &str) -> Result<Vec<StoredEve
 }
 
 impl PgStore {
-    /// The `enqueue_orchestrator` statement for `row`; `coalesce` for an
-    /// activity's completion (see `pg/coalesce.rs`).
-    pub(super) fn enqueue_stmt<'a>(&'a self, row: &'a OrchRow, coalesce: bool) -> Stmt<'a> {
-        let (delay, at) = visibility_columns(row.visibility);
-        Stmt::new(&self.sql.enqueue_orchestrator)
-            .bind(row.instance.as_str())
-            .bind(row.payload.as_str())
+    /// `sql` — `enqueue_orchestrator` or `complete_work`, which share
+    /// parameters $1 to $7 — with the message `row` (none: no message) and
+    /// `coalesce` for an activity's completion (see `pg/coalesce.rs`).
+    pub(super) fn message_stmt<'a>(&'a self, sql: &'a str, row: Option<&'a OrchRow>, coalesce: bool) -> Stmt<'a> {
+        let (delay, at) = row.map_or((None, None), |r| visibility_columns(r.visibility));
+        Stmt::new(sql)
+            .bind(row.map(|r| r.instance.as_str()))
+            .bind(row.map(|r| r.payload.as_str()))
             .bind(delay)
             .bind(at)
             .bind(self.schema.as_str())
@@ -49,7 +50,9 @@ impl PgStore {
     }
 
     pub(super) async fn enqueue_orchestrator_row(&self, row: &OrchRow) -> Result<(), StoreFault> {
-        let announced = self.write_once(self.enqueue_stmt(row, false)).await?;
+        let announced = self
+            .write_once(self.message_stmt(&self.sql.enqueue_orchestrator, Some(row), false))
+            .await?;
         self.wake_announced(QueueKind::Orchestrator, &announced);
         Ok(())
     }
@@ -78,19 +81,20 @@ impl PgStore {
             Stmt::new(&self.sql.instance_row).bind(token),
             Stmt::new(&self.sql.locked_history).bind(token),
             Stmt::new(&self.sql.kv_snapshot).bind(token),
-            Stmt::new(&self.sql.next_visible_orchestrator),
         ];
         let mut conn = self.conn().await?;
         let results = self.transact(&mut conn, stmts).await?;
+        let key = || "claimed instance".to_string();
         let Some(first) = results[0].first() else {
-            let due = results[5]
-                .first()
-                .map(|r| col::<Option<i64>>(r, 0, "orchestrator_queue", &|| "next".into()));
-            self.set_hint(QueueKind::Orchestrator, due.transpose()?.flatten());
+            return Err(StoreFault::Client {
+                detail: "claim_instance returned no row".into(),
+            });
+        };
+        let Some(instance) = col::<Option<String>>(first, 0, "instance_locks", &key)? else {
+            let due = col::<Option<i64>>(first, 2, "orchestrator_queue", &|| "next visible".into())?;
+            self.set_hint(QueueKind::Orchestrator, due);
             return Ok(None);
         };
-        let key = || "claimed instance".to_string();
-        let instance: String = col(first, 0, "instance_locks", &key)?;
         self.settle_wake(&instance);
         let now_ms = uint(col(first, 1, "instance_locks", &key)?);
         Ok(Some(claimed_batch(&instance, token, now_ms, &results[1..5])?))

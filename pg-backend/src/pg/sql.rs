@@ -83,31 +83,40 @@ statements! {
     // ---- orchestrator queue -------------------------------------------------
 
     /// Insert one message ($1 instance, $2 payload, $3 delay ms or null, $4
-    /// absolute ms or null); if it is claimable at once, notify channel $5
-    /// (origin $6) — unless $7 (coalesce: an activity's completion) is set
-    /// and other activities of the instance are still in the worker queue,
-    /// whose completions can share one orchestration turn with this one.
-    /// One row: how many messages it announced (0 or 1) and whether its
-    /// wake-up is left to the coalescing window. The message is visible at
-    /// once either way; only the wake-up waits.
-    enqueue_orchestrator = "WITH ins AS (
+    /// absolute ms or null) and announce it on channel $5 (origin $6). One
+    /// row: how many messages it announced (0 or 1) and whether its wake-up
+    /// is left to the coalescing window.
+    ///
+    /// The `state` and `announce` CTEs are the same text in
+    /// `complete_work` (a test holds them equal): a message is announced
+    /// when it is claimable at once — visible now, and its instance not
+    /// locked (the lock holder's ack announces what arrived meanwhile) —
+    /// unless $7 (an activity's completion) is set and other activities of
+    /// the instance are still in the worker queue (`d`: the rows this
+    /// statement deletes, which are no siblings), whose completions can
+    /// share one orchestration turn with this one. The message is claimable
+    /// either way; only the wake-up waits.
+    enqueue_orchestrator = "WITH d AS (SELECT NULL::bigint AS id), ins AS (
             INSERT INTO {s}.orchestrator_queue (instance_id, work_item, visible_at_ms, enqueued_at_ms)
             VALUES ($1, $2, COALESCE($4::bigint, {now} + COALESCE($3::bigint, 0)), {now})
             RETURNING visible_at_ms
         ), state AS (
             SELECT ins.visible_at_ms <= {now}
-                   -- A message for a locked instance wakes nobody: the lock
-                   -- holder's ack announces it when the instance becomes claimable.
                    AND NOT EXISTS (
                      SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = $1 AND l.locked_until_ms > {now})
                    AS claimable,
-                   $7::boolean AND EXISTS (SELECT 1 FROM {s}.worker_queue w WHERE w.instance_id = $1) AS siblings
+                   $7::boolean AND EXISTS (
+                     SELECT 1 FROM {s}.worker_queue w
+                     WHERE w.instance_id = $1 AND NOT EXISTS (SELECT 1 FROM d WHERE d.id = w.id))
+                   AS siblings
             FROM ins
+        ), announce AS (
+            SELECT CASE WHEN claimable AND NOT siblings THEN 1 ELSE 0 END AS announced,
+                   claimable AND siblings AS deferred,
+                   CASE WHEN claimable AND NOT siblings THEN pg_catalog.pg_notify($5, 'o:1:' || $6) END AS notified
+            FROM state
         )
-        SELECT CASE WHEN claimable AND NOT siblings THEN 1 ELSE 0 END,
-               claimable AND siblings,
-               CASE WHEN claimable AND NOT siblings THEN pg_catalog.pg_notify($5, 'o:1:' || $6) END
-        FROM state";
+        SELECT announced, deferred, notified FROM announce";
 
     /// Listen for this schema's notifications.
     listen = "LISTEN {s}";
@@ -125,12 +134,6 @@ statements! {
         ) AS remaining) x
         WHERE $3::int > 0 OR x.remaining";
 
-    /// How long until the next orchestrator message becomes visible (null: none).
-    next_visible_orchestrator = "SELECT min(visible_at_ms) - {now} FROM {s}.orchestrator_queue WHERE visible_at_ms > {now}";
-
-    /// How long until the next activity becomes visible (null: none).
-    next_visible_worker = "SELECT min(visible_at_ms) - {now} FROM {s}.worker_queue WHERE visible_at_ms > {now}";
-
     /// Insert many messages (same columns as arrays).
     enqueue_orchestrator_many = "INSERT INTO {s}.orchestrator_queue (instance_id, work_item, visible_at_ms, enqueued_at_ms)
         SELECT u.instance_id, u.work_item, COALESCE(u.at_ms, {now} + COALESCE(u.delay_ms, 0)), {now}
@@ -139,7 +142,9 @@ statements! {
     /// Claim the oldest visible message's instance that no live lock holds and
     /// that the capability window admits ($1 any-version, $2..$4 min, $5..$7
     /// max); skip instances another fetch is claiming right now (advisory
-    /// lock class $8); take the lock with token $9 for $10 ms.
+    /// lock class $8); take the lock with token $9 for $10 ms. One row: the
+    /// instance and the lock time, or — both NULL — how long until the next
+    /// message becomes visible (NULL: none is waiting).
     claim_instance = "WITH ready AS MATERIALIZED (
             SELECT q.id, q.instance_id
             FROM {s}.orchestrator_queue q
@@ -162,15 +167,20 @@ statements! {
             SELECT instance_id FROM candidates
             WHERE pg_catalog.pg_try_advisory_xact_lock($8::integer, pg_catalog.hashtext(instance_id))
             LIMIT 1
+        ), claimed AS (
+            INSERT INTO {s}.instance_locks AS l (instance_id, lock_token, locked_until_ms, locked_at_ms)
+            SELECT instance_id, $9, {now} + $10::bigint, {now} FROM chosen
+            ON CONFLICT (instance_id) DO UPDATE
+                SET lock_token = EXCLUDED.lock_token,
+                    locked_until_ms = EXCLUDED.locked_until_ms,
+                    locked_at_ms = EXCLUDED.locked_at_ms
+                WHERE l.locked_until_ms <= EXCLUDED.locked_at_ms
+            RETURNING instance_id, locked_at_ms
         )
-        INSERT INTO {s}.instance_locks AS l (instance_id, lock_token, locked_until_ms, locked_at_ms)
-        SELECT instance_id, $9, {now} + $10::bigint, {now} FROM chosen
-        ON CONFLICT (instance_id) DO UPDATE
-            SET lock_token = EXCLUDED.lock_token,
-                locked_until_ms = EXCLUDED.locked_until_ms,
-                locked_at_ms = EXCLUDED.locked_at_ms
-            WHERE l.locked_until_ms <= EXCLUDED.locked_at_ms
-        RETURNING instance_id, locked_at_ms";
+        SELECT instance_id, locked_at_ms, NULL::bigint FROM claimed
+        UNION ALL
+        SELECT NULL, NULL, (SELECT min(visible_at_ms) - {now} FROM {s}.orchestrator_queue WHERE visible_at_ms > {now})
+        WHERE NOT EXISTS (SELECT 1 FROM claimed)";
 
     /// Tag the visible messages of the instance lock $1 holds with it, and count the attempt.
     tag_messages = "UPDATE {s}.orchestrator_queue
@@ -337,9 +347,14 @@ statements! {
 
     /// Claim the oldest visible, unlocked activity admitted by the tag
     /// predicate ($1 any, $2 untagged, $3 tags) and the session rule ($4
-    /// session-aware, $5 owner): lock it with token $6 for $7 ms.
+    /// session-aware, $5 owner): lock it with token $6 for $7 ms and, when
+    /// it belongs to a session, claim or refresh that session for owner $5
+    /// for $8 ms. An activity whose session another owner took first (a
+    /// race the pick cannot see) is left untouched. One row: the claimed
+    /// activity, or — every column NULL but the last — how long until the
+    /// next activity becomes visible (NULL: none is waiting).
     claim_work = "WITH picked AS (
-            SELECT q.id FROM {s}.worker_queue q
+            SELECT q.id, q.session_id FROM {s}.worker_queue q
             WHERE q.visible_at_ms <= {now}
               AND (q.lock_token IS NULL OR q.locked_until_ms <= {now})
               AND ($1::boolean OR (q.tag IS NULL AND $2::boolean) OR q.tag = ANY($3::text[]))
@@ -349,40 +364,66 @@ statements! {
             ORDER BY q.id
             LIMIT 1
             FOR UPDATE SKIP LOCKED
+        ), session AS (
+            INSERT INTO {s}.sessions AS s (session_id, owner_id, locked_until_ms, last_activity_at_ms)
+            SELECT p.session_id, $5, {now} + $8::bigint, {now} FROM picked p WHERE p.session_id IS NOT NULL
+            ON CONFLICT (session_id) DO UPDATE
+                SET owner_id = EXCLUDED.owner_id,
+                    locked_until_ms = GREATEST(s.locked_until_ms, EXCLUDED.locked_until_ms),
+                    last_activity_at_ms = EXCLUDED.last_activity_at_ms
+                WHERE s.owner_id = EXCLUDED.owner_id OR s.locked_until_ms <= EXCLUDED.last_activity_at_ms
+            RETURNING session_id
+        ), claimed AS (
+            UPDATE {s}.worker_queue w
+            SET lock_token = $6, locked_until_ms = {now} + $7::bigint, attempt_count = w.attempt_count + 1
+            FROM picked p WHERE w.id = p.id AND (p.session_id IS NULL OR EXISTS (SELECT 1 FROM session))
+            RETURNING w.id, w.work_item, w.attempt_count, w.session_id, w.instance_id, w.execution_id, w.activity_id
         )
-        UPDATE {s}.worker_queue w
-        SET lock_token = $6, locked_until_ms = {now} + $7::bigint, attempt_count = w.attempt_count + 1
-        FROM picked WHERE w.id = picked.id
-        RETURNING w.id, w.work_item, w.attempt_count, w.session_id, w.instance_id, w.execution_id, w.activity_id";
+        SELECT id, work_item, attempt_count, session_id, instance_id, execution_id, activity_id, NULL::bigint
+        FROM claimed
+        UNION ALL
+        SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+               (SELECT min(visible_at_ms) - {now} FROM {s}.worker_queue WHERE visible_at_ms > {now})
+        WHERE NOT EXISTS (SELECT 1 FROM claimed)";
 
-    /// Claim or refresh the session of the activity lock $1 holds, for owner
-    /// $2, for $3 ms. No row when the activity has no session or another
-    /// owner holds it.
-    claim_session = "INSERT INTO {s}.sessions AS s (session_id, owner_id, locked_until_ms, last_activity_at_ms)
-        SELECT q.session_id, $2, {now} + $3::bigint, {now}
-        FROM {s}.worker_queue q WHERE q.lock_token = $1 AND q.session_id IS NOT NULL
-        ON CONFLICT (session_id) DO UPDATE
-            SET owner_id = EXCLUDED.owner_id,
-                locked_until_ms = GREATEST(s.locked_until_ms, EXCLUDED.locked_until_ms),
-                last_activity_at_ms = EXCLUDED.last_activity_at_ms
-            WHERE s.owner_id = EXCLUDED.owner_id OR s.locked_until_ms <= EXCLUDED.last_activity_at_ms
-        RETURNING session_id";
-
-    /// Give back an activity claimed by lock $1 (its session was taken): unlock it and the attempt.
-    unclaim_work = "UPDATE {s}.worker_queue
-        SET lock_token = NULL, locked_until_ms = NULL, attempt_count = GREATEST(attempt_count - 1, 0)
-        WHERE lock_token = $1";
-
-    /// Guarded delete of a held activity, marking activity on its session
-    /// (while the session lock is live) and learning the transaction id.
+    /// Complete the activity lock $8 holds, if its lease is unexpired:
+    /// delete it, mark activity on its session (while the session lock is
+    /// live) and, when $2 is not null, insert its completion message ($1
+    /// instance, $2 payload, $3 delay ms, $4 absolute ms), announced on
+    /// channel $5 (origin $6, coalesce flag $7) as in `enqueue_orchestrator`
+    /// (the completed activity is no sibling). No
+    /// row: the lock is not held and nothing changed. Otherwise one row:
+    /// the transaction id, how many messages it announced and whether the
+    /// wake-up is left to the coalescing window.
     complete_work = "WITH d AS (
-            DELETE FROM {s}.worker_queue WHERE lock_token = $1 AND locked_until_ms > {now} RETURNING session_id
+            DELETE FROM {s}.worker_queue WHERE lock_token = $8 AND locked_until_ms > {now} RETURNING id, session_id
         ), touched AS (
             UPDATE {s}.sessions s SET last_activity_at_ms = {now}
             FROM d WHERE s.session_id = d.session_id AND s.locked_until_ms > {now}
             RETURNING 1
+        ), ins AS (
+            INSERT INTO {s}.orchestrator_queue (instance_id, work_item, visible_at_ms, enqueued_at_ms)
+            SELECT $1::text, $2::text, COALESCE($4::bigint, {now} + COALESCE($3::bigint, 0)), {now}
+            FROM d WHERE $2::text IS NOT NULL
+            RETURNING visible_at_ms
+        ), state AS (
+            SELECT ins.visible_at_ms <= {now}
+                   AND NOT EXISTS (
+                     SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = $1 AND l.locked_until_ms > {now})
+                   AS claimable,
+                   $7::boolean AND EXISTS (
+                     SELECT 1 FROM {s}.worker_queue w
+                     WHERE w.instance_id = $1 AND NOT EXISTS (SELECT 1 FROM d WHERE d.id = w.id))
+                   AS siblings
+            FROM ins
+        ), announce AS (
+            SELECT CASE WHEN claimable AND NOT siblings THEN 1 ELSE 0 END AS announced,
+                   claimable AND siblings AS deferred,
+                   CASE WHEN claimable AND NOT siblings THEN pg_catalog.pg_notify($5, 'o:1:' || $6) END AS notified
+            FROM state
         )
-        SELECT d.session_id, pg_catalog.txid_current() FROM d";
+        SELECT pg_catalog.txid_current(), COALESCE(a.announced, 0), COALESCE(a.deferred, false)
+        FROM d LEFT JOIN announce a ON true";
 
     /// Unlock an activity, optionally hiding it ($2 ms) and giving back the
     /// attempt ($3); learn the transaction id.
@@ -588,6 +629,28 @@ mod tests {
             let text = render(template, &schema);
             assert!(!text.contains("{s}") && !text.contains("{now}"), "{name}");
         }
+    }
+
+    /// The text from `state AS (` to the end of the `announce` CTE.
+    fn announce_ctes(template: &str) -> &str {
+        let start = template.find("state AS (").expect("a state CTE");
+        let end = template.find("FROM state").expect("an announce CTE") + "FROM state".len();
+        &template[start..end]
+    }
+
+    #[test]
+    fn enqueues_and_completions_announce_alike() {
+        let find = |name: &str| {
+            Sql::templates()
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| *t)
+                .unwrap_or_else(|| panic!("no template {name}"))
+        };
+        assert_eq!(
+            announce_ctes(find("enqueue_orchestrator")),
+            announce_ctes(find("complete_work"))
+        );
     }
 
     #[test]

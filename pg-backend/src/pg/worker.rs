@@ -45,7 +45,10 @@ impl PgStore {
             TagPredicate::Nothing => return Ok(None),
             TagPredicate::Rows { untagged, tags, any } => (*any, *untagged, tags.clone()),
         };
-        let owner = claim.session.as_ref().map(|s| s.owner_id.as_str()).unwrap_or("");
+        let (owner, session_ms) = match &claim.session {
+            Some(s) => (s.owner_id.as_str(), s.lock_timeout_ms),
+            None => ("", 0),
+        };
         let stmt = Stmt::new(&self.sql.claim_work)
             .bind(any)
             .bind(untagged)
@@ -53,34 +56,21 @@ impl PgStore {
             .bind(claim.session.is_some())
             .bind(owner)
             .bind(claim.lock_token.as_str())
-            .bind(int(claim.lock_timeout_ms));
-        let token = claim.lock_token.as_str();
-        let mut stmts = vec![stmt, Stmt::new(&self.sql.next_visible_worker)];
-        if let Some(s) = &claim.session {
-            stmts.push(
-                Stmt::new(&self.sql.claim_session)
-                    .bind(token)
-                    .bind(s.owner_id.as_str())
-                    .bind(int(s.lock_timeout_ms)),
-            );
-        }
+            .bind(int(claim.lock_timeout_ms))
+            .bind(int(session_ms));
         let mut conn = self.conn().await?;
-        let results = self.transact(&mut conn, stmts).await?;
+        let results = self.transact(&mut conn, vec![stmt]).await?;
         let Some(row) = results[0].first() else {
-            let due = results[1]
-                .first()
-                .map(|r| col::<Option<i64>>(r, 0, "worker_queue", &|| "next".into()));
-            self.set_hint(QueueKind::Worker, due.transpose()?.flatten());
-            return Ok(None);
+            return Err(StoreFault::Client {
+                detail: "claim_work returned no row".into(),
+            });
         };
-        let work = claimed_work(row)?;
-        if work.session_id.is_some() && claim.session.is_some() && results[2].is_empty() {
-            // Another owner claimed the session first: give the item back.
-            let undo = Stmt::new(&self.sql.unclaim_work).bind(token);
-            self.transact(&mut conn, vec![undo]).await?;
+        if col::<Option<i64>>(row, 0, "worker_queue", &|| "claimed work item".into())?.is_none() {
+            let due = col::<Option<i64>>(row, 7, "worker_queue", &|| "next visible".into())?;
+            self.set_hint(QueueKind::Worker, due);
             return Ok(None);
         }
-        Ok(Some(work))
+        claimed_work(row).map(Some)
     }
 
     pub(super) async fn complete_work(
@@ -88,28 +78,26 @@ impl PgStore {
         lock_token: &str,
         completion: Option<&OrchRow>,
     ) -> Result<Guarded, StoreFault> {
-        let mut stmts = vec![Stmt::new(&self.sql.complete_work).bind(lock_token)];
-        if let Some(row) = completion {
-            stmts.push(self.enqueue_stmt(row, self.coalescer.enabled()));
-        }
+        let stmt = self
+            .message_stmt(&self.sql.complete_work, completion, self.coalescer.enabled())
+            .bind(lock_token);
         let mut conn = self.conn().await?;
-        let results = self.begin(&mut conn, stmts).await?;
-        let Some(deleted) = results[0].first() else {
-            self.rollback(&mut conn).await;
+        let rows = self.transact_guarded(&mut conn, stmt).await?;
+        let Some(row) = rows.first() else {
             return Ok(Guarded::NotHeld);
         };
-        let xid = uint(col(deleted, 1, "worker_queue", &|| {
-            format!("lock token {lock_token:?}")
-        })?);
-        self.commit(&mut conn, Some(xid)).await?;
-        if let Some(row) = completion {
-            self.wake_announced(QueueKind::Orchestrator, &results[1]);
-            // Committed: from here on nothing may fail the ack. A flag that
-            // cannot be read (never expected) wakes at once.
-            match results[1].first().map(|r| r.try_get::<_, bool>(1)) {
-                Some(Ok(true)) => self.wake_after_window(&row.instance),
-                Some(Ok(false)) | None => self.settle_wake(&row.instance),
-                Some(Err(_)) => self.signals.wake(QueueKind::Orchestrator, 1),
+        if let Some(completion) = completion {
+            // Committed: from here on nothing may fail the ack. Columns that
+            // cannot be read (never expected) wake at once.
+            match (row.try_get::<_, i32>(1), row.try_get::<_, bool>(2)) {
+                (Ok(announced), _) if announced > 0 => {
+                    self.signals
+                        .wake(QueueKind::Orchestrator, usize::try_from(announced).unwrap_or(1));
+                    self.settle_wake(&completion.instance);
+                }
+                (Ok(_), Ok(true)) => self.wake_after_window(&completion.instance),
+                (Ok(_), Ok(false)) => self.settle_wake(&completion.instance),
+                _ => self.signals.wake(QueueKind::Orchestrator, 1),
             }
         }
         Ok(Guarded::Applied)
