@@ -390,9 +390,9 @@ statements! {
     /// delete it, mark activity on its session (while the session lock is
     /// live) and, when $2 is not null, insert its completion message ($1
     /// instance, $2 payload, $3 delay ms, $4 absolute ms), announced on
-    /// channel $5 (origin $6, coalesce flag $7) as in `enqueue_orchestrator`
-    /// (the completed activity is no sibling). No
-    /// row: the lock is not held and nothing changed. Otherwise one row:
+    /// channel $5 (origin $6, coalesce flag $7) as in
+    /// `enqueue_orchestrator` (the completed activity is no sibling).
+    /// No row: the lock is not held and nothing changed. Otherwise one row:
     /// the transaction id, how many messages it announced and whether the
     /// wake-up is left to the coalescing window.
     complete_work = "WITH d AS (
