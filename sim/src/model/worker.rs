@@ -39,7 +39,8 @@ impl ModelState {
         w.visible_at_ms <= now_ms && unlocked && claim.tags.admits(w.tag.as_deref()) && session_ok
     }
 
-    /// `claim_session`: claim or refresh; `false` when another owner holds it.
+    /// The session claim inside `claim_work`: claim or refresh; `false` when
+    /// another owner holds it.
     fn claim_session(&mut self, session_id: &str, owner_id: &str, lock_timeout_ms: u64, now_ms: u64) -> bool {
         let until = now_ms.saturating_add(lock_timeout_ms);
         match self.sessions.get_mut(session_id) {
@@ -64,7 +65,7 @@ impl ModelState {
         }
     }
 
-    /// `claim_work` (+ `claim_session`): lock the oldest admitted activity.
+    /// `claim_work`: lock the oldest admitted activity, claiming its session.
     pub(crate) fn claim_work_item(&mut self, claim: &WorkClaim, now_ms: u64) -> Option<ClaimedWork> {
         let id = *self
             .worker_queue
@@ -73,7 +74,8 @@ impl ModelState {
             .0;
         let session_id = self.worker_queue.get(&id)?.session_id.clone();
         if let (Some(sid), Some(s)) = (&session_id, &claim.session) {
-            // Another owner claimed the session first: the transaction rolls back.
+            // Another owner claimed the session first: the statement leaves
+            // the activity untouched.
             if !self.claim_session(sid, &s.owner_id, s.lock_timeout_ms, now_ms) {
                 return None;
             }
