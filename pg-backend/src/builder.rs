@@ -125,7 +125,9 @@ impl PgProviderBuilder {
         self
     }
 
-    /// Most connections the pool opens (default 10).
+    /// Most connections the pool opens (default 10). An eighth of them (at
+    /// least one) is the most that concurrent `read` and `get_custom_status`
+    /// calls use at once; more callers share those statements.
     pub fn pool_size(mut self, n: u32) -> Self {
         self.pool_size = n;
         self
@@ -303,7 +305,17 @@ impl PgProviderBuilder {
             .build_unchecked(manager.clone());
         // The connection that migrated is the pool's first.
         let _ = pool.add(first);
-        let store = PgStore::new(pool, manager, schema, self.engine.retry, self.completion_window);
+        // An eighth of the pool (at least one connection) serves merged point
+        // reads (see `pg/batch.rs`).
+        let read_lanes = (self.pool_size as usize / 8).max(1);
+        let store = PgStore::new(
+            pool,
+            manager,
+            schema,
+            self.engine.retry,
+            self.completion_window,
+            read_lanes,
+        );
         Ok(Engine::new(store, self.engine, self.tokens))
     }
 }

@@ -5,6 +5,7 @@
 //! its statements pipelined where they do not depend on each other.
 
 mod admin;
+mod batch;
 mod coalesce;
 mod conn;
 pub mod error;
@@ -27,6 +28,7 @@ use crate::store::{
     ClaimedWork, CommitStatus, Guarded, InstanceClaim, QueueKind, RawStats, ReleaseKind, Signals, Store, WorkClaim,
 };
 use async_trait::async_trait;
+use batch::Batcher;
 use duropg_core::codec::{HistoryRow, StoredEvent};
 use duropg_core::fetch::ClaimedInstance;
 use duropg_core::route::{OrchRow, WorkerRow};
@@ -58,6 +60,10 @@ pub struct PgStore {
     hints: [AtomicU64; 2],
     /// Completion wake-ups waiting for their coalescing window.
     coalescer: Arc<coalesce::Coalescer>,
+    /// Concurrent latest-history reads, merged (see `pg/batch.rs`).
+    histories: Batcher<String, Result<orchestration::LatestHistory, StoreFault>>,
+    /// Concurrent custom-status reads, merged.
+    statuses: Batcher<String, Result<reads::CustomStatus, StoreFault>>,
     _listener: listen::Listener,
 }
 
@@ -70,6 +76,42 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// The most keys one merged read asks for.
+const READ_BATCH: usize = 64;
+
+/// Check out a connection; a timeout reports the last connect error.
+async fn checkout<'a>(pool: &'a Pool, manager: &ConnectionManager) -> Result<Pooled<'a>, StoreFault> {
+    let started = Instant::now();
+    pool.get().await.map_err(|e| {
+        let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        error::pool_fault(e, waited_ms, manager.last_error())
+    })
+}
+
+/// A [`Batcher`] running `sql` — one `text[]` parameter of instance ids —
+/// on its own pooled connection per statement, its rows read by `parse`.
+fn read_batcher<V: Clone + Send + 'static>(
+    pool: &Pool,
+    manager: &ConnectionManager,
+    sql: &str,
+    lanes: usize,
+    parse: fn(&[Row]) -> batch::Answers<String, V>,
+) -> Batcher<String, V> {
+    let (pool, manager, sql): (Pool, ConnectionManager, Arc<str>) = (pool.clone(), manager.clone(), sql.into());
+    Batcher::new(
+        lanes,
+        READ_BATCH,
+        Box::new(move |instances: Vec<String>| {
+            let (pool, manager, sql) = (pool.clone(), manager.clone(), Arc::clone(&sql));
+            Box::pin(async move {
+                let mut conn = checkout(&pool, &manager).await?;
+                let rows = conn.pipeline(&[Stmt::new(&sql).bind(instances)]).await?;
+                parse(&rows[0])
+            })
+        }),
+    )
+}
+
 impl PgStore {
     /// A store over an existing pool.
     pub(crate) fn new(
@@ -78,6 +120,7 @@ impl PgStore {
         schema: SchemaName,
         retry: RetryPolicy,
         completion_window: Duration,
+        read_lanes: usize,
     ) -> Self {
         static STORES: AtomicU64 = AtomicU64::new(0);
         let class = migrate::stable_hash(&format!("duropg.claim.{schema}"));
@@ -85,6 +128,20 @@ impl PgStore {
         let origin = format!("{}-{}", std::process::id(), STORES.fetch_add(1, Ordering::Relaxed));
         let signals = Arc::new(Signals::default());
         let listener = listen::spawn(manager.clone(), sql.listen.clone(), origin.clone(), signals.clone());
+        let histories = read_batcher(
+            &pool,
+            &manager,
+            &sql.latest_histories,
+            read_lanes,
+            orchestration::latest_histories,
+        );
+        let statuses = read_batcher(
+            &pool,
+            &manager,
+            &sql.custom_statuses,
+            read_lanes,
+            reads::custom_statuses,
+        );
         Self {
             pool,
             manager,
@@ -96,6 +153,8 @@ impl PgStore {
             origin,
             hints: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
             coalescer: Arc::new(coalesce::Coalescer::new(completion_window)),
+            histories,
+            statuses,
             _listener: listener,
         }
     }
@@ -171,13 +230,9 @@ impl PgStore {
         &self.schema
     }
 
-    /// Check out a connection; a timeout reports the last connect error.
+    /// A pooled connection (see [`checkout`]).
     pub(crate) async fn conn(&self) -> Result<Pooled<'_>, StoreFault> {
-        let started = Instant::now();
-        self.pool.get().await.map_err(|e| {
-            let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            error::pool_fault(e, waited_ms, self.manager.last_error())
-        })
+        checkout(&self.pool, &self.manager).await
     }
 
     /// One statement (or an independent pipelined batch) outside a transaction.

@@ -1,5 +1,6 @@
 //! Orchestrator queue, instance locks and history on Postgres.
 
+use super::batch::Answers;
 use super::error::{col, int, uint};
 use super::{guarded, PgStore, Stmt};
 use crate::store::{Guarded, InstanceClaim, QueueKind, ReleaseKind};
@@ -10,6 +11,7 @@ use duropg_core::route::{OrchRow, Visibility};
 use duropg_core::turn::LockRead;
 use duropg_core::work::VersionWindow;
 use duropg_core::StoreFault;
+use std::collections::HashMap;
 use tokio_postgres::Row;
 
 /// `(delay_ms, at_ms)` columns for a visibility.
@@ -190,8 +192,11 @@ impl PgStore {
                 Ok((exec, event_rows(&rows[0], "history", instance)?))
             }
             None => {
-                let rows = self.run(&[Stmt::new(&self.sql.latest_history).bind(instance)]).await?;
-                let (exec, events) = latest_history(&rows[0], instance)?;
+                let (exec, events) = self
+                    .histories
+                    .get(instance.to_string())
+                    .await?
+                    .unwrap_or(Ok((None, Vec::new())))?;
                 Ok((exec.unwrap_or(duropg_core::instance::INITIAL_EXECUTION_ID), events))
             }
         }
@@ -222,22 +227,47 @@ pub(crate) fn append_stmt<'a>(sql: &'a str, instance: &'a str, execution_id: u64
         .bind(data)
 }
 
-/// Parse `latest_history` rows: the execution id (None when nothing is
-/// stored) and its events.
-fn latest_history(rows: &[Row], instance: &str) -> Result<(Option<u64>, Vec<StoredEvent>), StoreFault> {
+/// An execution id (None when nothing is stored) and its events.
+pub(crate) type LatestHistory = (Option<u64>, Vec<StoredEvent>);
+
+/// Fold one row of a history read — execution id at column `at`, then
+/// event id and data — into `into`.
+fn push_history_row(r: &Row, at: usize, key: &dyn Fn() -> String, into: &mut LatestHistory) -> Result<(), StoreFault> {
+    into.0 = col::<Option<i64>>(r, at, "history", key)?.map(uint);
+    if let Some(id) = col::<Option<i64>>(r, at + 1, "history", key)? {
+        into.1.push(StoredEvent {
+            event_id: uint(id),
+            data: col::<Option<String>>(r, at + 2, "history", key)?.unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
+/// Parse the claim's `locked_history` rows.
+fn latest_history(rows: &[Row], instance: &str) -> Result<LatestHistory, StoreFault> {
     let key = || format!("instance {instance:?}");
-    let mut exec = None;
-    let mut events = Vec::new();
+    let mut history = (None, Vec::new());
     for r in rows {
-        exec = col::<Option<i64>>(r, 0, "history", &key)?.map(uint);
-        if let Some(id) = col::<Option<i64>>(r, 1, "history", &key)? {
-            events.push(StoredEvent {
-                event_id: uint(id),
-                data: col::<Option<String>>(r, 2, "history", &key)?.unwrap_or_default(),
-            });
+        push_history_row(r, 0, &key, &mut history)?;
+    }
+    Ok(history)
+}
+
+/// Parse `latest_histories` rows, per instance: a row that does not decode
+/// fails only its own instance's read.
+pub(crate) fn latest_histories(rows: &[Row]) -> Answers<String, Result<LatestHistory, StoreFault>> {
+    let mut out: HashMap<String, Result<LatestHistory, StoreFault>> = HashMap::new();
+    for r in rows {
+        let instance: String = col(r, 0, "instances", &|| "a batched history read".into())?;
+        let key = || format!("instance {instance:?}");
+        let entry = out.entry(instance.clone()).or_insert_with(|| Ok((None, Vec::new())));
+        if let Ok(history) = entry {
+            if let Err(fault) = push_history_row(r, 1, &key, history) {
+                *entry = Err(fault);
+            }
         }
     }
-    Ok((exec, events))
+    Ok(out)
 }
 
 /// Assemble what the claim read: tagged messages, row, history, KV.

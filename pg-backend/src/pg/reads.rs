@@ -1,11 +1,30 @@
 //! Read-side queries for the runtime's client: custom status, KV, stats,
 //! and the commit status used to resolve lost COMMIT replies.
 
+use super::batch::Answers;
 use super::error::{col, int, uint};
 use super::{PgStore, Stmt};
 use crate::store::{CommitStatus, RawStats};
 use duropg_core::codec::StoredEvent;
 use duropg_core::StoreFault;
+use std::collections::HashMap;
+use tokio_postgres::Row;
+
+/// A custom status and its version.
+pub(crate) type CustomStatus = (Option<String>, u64);
+
+/// Parse `custom_statuses` rows, per instance: a row that does not decode
+/// fails only its own instance's read.
+pub(crate) fn custom_statuses(rows: &[Row]) -> Answers<String, Result<CustomStatus, StoreFault>> {
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let instance: String = col(r, 0, "instances", &|| "a batched custom-status read".into())?;
+        let key = || format!("instance {instance:?}");
+        let status = col(r, 1, "instances", &key).and_then(|s| Ok((s, uint(col(r, 2, "instances", &key)?))));
+        out.insert(instance, status);
+    }
+    Ok(out)
+}
 
 impl PgStore {
     pub(super) async fn read_custom_status(
@@ -13,16 +32,8 @@ impl PgStore {
         instance: &str,
         last_seen_version: u64,
     ) -> Result<Option<(Option<String>, u64)>, StoreFault> {
-        let rows = self
-            .run(&[Stmt::new(&self.sql.custom_status)
-                .bind(instance)
-                .bind(int(last_seen_version))])
-            .await?;
-        let key = || format!("instance {instance:?}");
-        rows[0]
-            .first()
-            .map(|r| Ok((col(r, 0, "instances", &key)?, uint(col(r, 1, "instances", &key)?))))
-            .transpose()
+        let status = self.statuses.get(instance.to_string()).await?.transpose()?;
+        Ok(status.filter(|(_, version)| *version > last_seen_version))
     }
 
     pub(super) async fn read_kv_value(&self, instance: &str, key: &str) -> Result<Option<String>, StoreFault> {

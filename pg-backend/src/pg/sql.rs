@@ -318,17 +318,22 @@ statements! {
 
     // ---- history -----------------------------------------------------------
 
-    /// History of the latest execution — the row's current execution, or
-    /// without a row the highest stored — with its id (NULL: nothing stored).
-    latest_history = "WITH latest AS (
-            SELECT COALESCE(
-                (SELECT current_execution_id FROM {s}.instances WHERE instance_id = $1),
-                (SELECT max(execution_id) FROM {s}.executions WHERE instance_id = $1),
-                (SELECT max(execution_id) FROM {s}.history WHERE instance_id = $1)) AS execution_id
+    /// History of the latest execution of each instance in $1 — the row's
+    /// current execution, or without a row the highest stored — with its id
+    /// (NULL: nothing stored). One row per event, or one row of NULLs for an
+    /// instance with none; see `pg/batch.rs` for why reads come in sets.
+    latest_histories = "WITH wanted AS (
+            SELECT w.instance_id FROM pg_catalog.unnest($1::text[]) AS w(instance_id)
+        ), latest AS (
+            SELECT wanted.instance_id, COALESCE(
+                (SELECT i.current_execution_id FROM {s}.instances i WHERE i.instance_id = wanted.instance_id),
+                (SELECT max(e.execution_id) FROM {s}.executions e WHERE e.instance_id = wanted.instance_id),
+                (SELECT max(h.execution_id) FROM {s}.history h WHERE h.instance_id = wanted.instance_id)) AS execution_id
+            FROM wanted
         )
-        SELECT latest.execution_id, h.event_id, h.event_data
-        FROM latest LEFT JOIN {s}.history h ON h.instance_id = $1 AND h.execution_id = latest.execution_id
-        ORDER BY h.event_id";
+        SELECT latest.instance_id, latest.execution_id, h.event_id, h.event_data
+        FROM latest LEFT JOIN {s}.history h ON h.instance_id = latest.instance_id AND h.execution_id = latest.execution_id
+        ORDER BY latest.instance_id, h.event_id";
 
     /// History of one execution.
     execution_history = "SELECT event_id, event_data FROM {s}.history
@@ -579,9 +584,10 @@ statements! {
 
     // ---- read side ---------------------------------------------------------
 
-    /// Custom status above a version.
-    custom_status = "SELECT custom_status, custom_status_version FROM {s}.instances
-        WHERE instance_id = $1 AND custom_status_version > $2";
+    /// Custom status and its version for each instance in $1 that has a
+    /// row; the caller compares the version with the one it last saw.
+    custom_statuses = "SELECT i.instance_id, i.custom_status, i.custom_status_version FROM {s}.instances i
+        WHERE i.instance_id = ANY($1::text[])";
 
     /// One KV value: delta (including tombstones) wins over the store.
     kv_value = "SELECT d.value AS value, TRUE AS in_delta FROM {s}.kv_delta d WHERE d.instance_id = $1 AND d.key = $2
