@@ -73,6 +73,8 @@ pub struct Results {
     pub standard: Throughput,
     /// High concurrency (8/8 dispatchers).
     pub high: Throughput,
+    /// The high-concurrency config with activities that do not sleep.
+    pub bare: Throughput,
     /// One-activity orchestration on an idle system.
     pub latency: Latency,
     /// 256 KiB inputs and outputs.
@@ -366,8 +368,14 @@ pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, 
     eprintln!("  provider cost: {provider_cost:?}");
     let standard = throughput(kind, round, "std", standard, s).await?;
     eprintln!("  standard 2/2: {standard:?}");
+    let bare = StressTestConfig {
+        activity_delay_ms: 0,
+        ..high.clone()
+    };
     let high = throughput(kind, round, "high", high, s).await?;
     eprintln!("  high 8/8: {high:?}");
+    let bare = throughput(kind, round, "bare", bare, s).await?;
+    eprintln!("  8/8, 0 ms activities: {bare:?}");
     let latency = latency(kind, round, s).await?;
     eprintln!("  latency: {latency:?}");
     let (large, large_latency) = large(kind, round, s).await?;
@@ -376,6 +384,7 @@ pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, 
         provider_cost,
         standard,
         high,
+        bare,
         latency,
         large,
         large_latency,
