@@ -259,15 +259,26 @@ mod tests {
         handle
     }
 
+    type Statements = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A batcher whose statements wait for the returned gate.
+    fn gated(lanes: usize, max_batch: usize, fail: bool) -> (Arc<Batcher<u32, u32>>, Statements, Arc<Notify>) {
+        let statements: Statements = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Notify::new());
+        let fetch = recording(Arc::clone(&statements), Some(Arc::clone(&gate)), fail);
+        (Arc::new(Batcher::new(lanes, max_batch, fetch)), statements, gate)
+    }
+
+    /// Let the running statement finish, then the one its lane starts next.
+    async fn open_twice(gate: &Notify) {
+        gate.notify_one();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gate.notify_one();
+    }
+
     #[tokio::test]
     async fn calls_that_wait_for_a_busy_lane_share_the_next_statement() {
-        let statements = Arc::new(Mutex::new(Vec::new()));
-        let gate = Arc::new(Notify::new());
-        let batcher = Arc::new(Batcher::new(
-            1,
-            8,
-            recording(Arc::clone(&statements), Some(Arc::clone(&gate)), false),
-        ));
+        let (batcher, statements, gate) = gated(1, 8, false);
         let first = waiting(&batcher, 1).await;
         let second = waiting(&batcher, 2).await;
         let third = waiting(&batcher, 2).await;
@@ -289,13 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_lane_runs_before_anyone_waits_and_batches_are_capped() {
-        let statements = Arc::new(Mutex::new(Vec::new()));
-        let gate = Arc::new(Notify::new());
-        let batcher = Arc::new(Batcher::new(
-            2,
-            2,
-            recording(Arc::clone(&statements), Some(Arc::clone(&gate)), false),
-        ));
+        let (batcher, statements, gate) = gated(2, 2, false);
         let mut calls = Vec::new();
         for key in 1..=7 {
             calls.push(waiting(&batcher, key).await);
@@ -327,18 +332,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_statement_fails_each_of_its_callers_and_the_lane_recovers() {
-        let statements = Arc::new(Mutex::new(Vec::new()));
-        let gate = Arc::new(Notify::new());
-        let failing = Arc::new(Batcher::new(
-            1,
-            8,
-            recording(Arc::clone(&statements), Some(Arc::clone(&gate)), true),
-        ));
+        let (failing, _, gate) = gated(1, 8, true);
         let first = waiting(&failing, 1).await;
         let second = waiting(&failing, 2).await;
-        gate.notify_one();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        gate.notify_one();
+        open_twice(&gate).await;
         let injected = Err(StoreFault::Io {
             detail: "injected".into(),
         });
@@ -349,21 +346,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_stops_waiting_strands_nobody() {
-        let statements = Arc::new(Mutex::new(Vec::new()));
-        let gate = Arc::new(Notify::new());
-        let batcher = Arc::new(Batcher::new(
-            1,
-            8,
-            recording(Arc::clone(&statements), Some(Arc::clone(&gate)), false),
-        ));
+        let (batcher, statements, gate) = gated(1, 8, false);
         let first = waiting(&batcher, 1).await;
         let second = waiting(&batcher, 2).await;
         first.abort();
         second.abort();
         let third = waiting(&batcher, 3).await;
-        gate.notify_one();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        gate.notify_one();
+        open_twice(&gate).await;
         assert_eq!(third.await.unwrap(), Ok(Some(30)));
         assert_eq!(*statements.lock().unwrap(), vec![vec![1], vec![2, 3]]);
         assert_eq!(batcher.shared.lock().busy, 0);
