@@ -31,11 +31,18 @@ pub struct Migration {
 }
 
 /// Every migration this binary knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "scale_indexes",
+        sql: include_str!("../../migrations/0002_scale_indexes.sql"),
+    },
+];
 
 /// The newest schema version this binary knows.
 pub fn latest_version() -> i32 {

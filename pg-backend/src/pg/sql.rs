@@ -139,14 +139,22 @@ statements! {
         SELECT u.instance_id, u.work_item, COALESCE(u.at_ms, {now} + COALESCE(u.delay_ms, 0)), {now}
         FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::bigint[])) AS u(instance_id, work_item, delay_ms, at_ms)";
 
-    /// Claim the oldest visible message's instance that no live lock holds and
-    /// that the capability window admits ($1 any-version, $2..$4 min, $5..$7
-    /// max); skip instances another fetch is claiming right now (advisory
-    /// lock class $8); take the lock with token $9 for $10 ms. One row: the
-    /// instance and the lock time, or — both NULL — how long until the next
-    /// message becomes visible (NULL: none is waiting).
+    /// Claim the instance of the message that became visible first (then the
+    /// lowest id) that no live lock holds and that the capability window
+    /// admits ($1 any-version, $2..$4 min, $5..$7 max); skip instances
+    /// another fetch is claiming right now (advisory lock class $8); take the
+    /// lock with token $9 for $10 ms. One row: the instance and the lock
+    /// time, or — both NULL — how long until the next message becomes
+    /// visible (NULL: none is waiting).
+    ///
+    /// Its cost must not grow with the schema (`tests/tests/plans.rs` holds
+    /// it to that): the walk in visibility order seeks
+    /// `orchestrator_queue_ready_idx` and stops at the first message not yet
+    /// due, so sleeping timers are never read; the capability check is a
+    /// per-candidate lookup by primary key, and `OFFSET 0` keeps the planner
+    /// from turning it into a hashed scan of every execution.
     claim_instance = "WITH ready AS MATERIALIZED (
-            SELECT q.id, q.instance_id
+            SELECT q.id, q.instance_id, q.visible_at_ms
             FROM {s}.orchestrator_queue q
             WHERE q.visible_at_ms <= {now}
               AND NOT EXISTS (
@@ -158,11 +166,12 @@ statements! {
                 WHERE i.instance_id = q.instance_id
                   AND e.pinned_major IS NOT NULL
                   AND (ROW(e.pinned_major, e.pinned_minor, e.pinned_patch) < ROW($2::bigint, $3::bigint, $4::bigint)
-                    OR ROW(e.pinned_major, e.pinned_minor, e.pinned_patch) > ROW($5::bigint, $6::bigint, $7::bigint))))
-            ORDER BY q.id
+                    OR ROW(e.pinned_major, e.pinned_minor, e.pinned_patch) > ROW($5::bigint, $6::bigint, $7::bigint))
+                OFFSET 0))
+            ORDER BY q.visible_at_ms, q.id
             LIMIT 64
         ), candidates AS MATERIALIZED (
-            SELECT instance_id, min(id) AS first_id FROM ready GROUP BY instance_id ORDER BY first_id LIMIT 16
+            SELECT instance_id FROM ready GROUP BY instance_id ORDER BY min(visible_at_ms), min(id) LIMIT 16
         ), chosen AS (
             SELECT instance_id FROM candidates
             WHERE pg_catalog.pg_try_advisory_xact_lock($8::integer, pg_catalog.hashtext(instance_id))

@@ -28,22 +28,23 @@ impl ModelState {
         }
     }
 
-    /// The instance of the oldest visible message that no live lease holds.
-    /// (The SQL takes 64 ready rows and their instances by first id, then the
-    /// first one whose advisory lock it gets; one request at a time always
-    /// gets it, so that is the first ready row's instance.)
+    /// The instance of the earliest-visible message (ties: lowest id) that
+    /// no live lease holds. (The SQL takes 64 ready rows in that order and
+    /// their instances by first visibility, then the first one whose
+    /// advisory lock it gets; one request at a time always gets it, so that
+    /// is the first ready row's instance.)
     fn claim_candidate(&self, window: VersionWindow, now_ms: u64) -> Option<String> {
         self.orchestrator_queue
-            .values()
-            .filter(|m| m.visible_at_ms <= now_ms)
-            .filter(|m| {
+            .iter()
+            .filter(|(_, m)| m.visible_at_ms <= now_ms)
+            .filter(|(_, m)| {
                 self.instance_locks
                     .get(&m.instance)
                     .is_none_or(|l| l.locked_until_ms <= now_ms)
             })
-            .filter(|m| self.window_admits(&m.instance, window))
-            .map(|m| m.instance.clone())
-            .next()
+            .filter(|(_, m)| self.window_admits(&m.instance, window))
+            .min_by_key(|(id, m)| (m.visible_at_ms, **id))
+            .map(|(_, m)| m.instance.clone())
     }
 
     /// `claim_instance` + `tag_messages` + the reads, in one transaction.
