@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod nodes;
 pub mod recorder;
+pub mod scale;
 pub mod wiring;
 pub mod workload;
 
