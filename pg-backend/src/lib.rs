@@ -44,7 +44,7 @@ pub mod store;
 
 pub use builder::{PgError, PgProviderBuilder, DEFAULT_COMPLETION_WINDOW, DEFAULT_SCHEMA};
 pub use duropg_core as core;
-pub use engine::{Engine, EngineConfig, FetchCounts, FetchStats, PollConfig, TokenSource, UuidTokens};
+pub use engine::{Engine, EngineConfig, FetchCounts, FetchStats, PollConfig, Spawner, TokenSource, UuidTokens};
 pub use pg::tls::SslMode;
 pub use pg::PgStore;
 pub use retry::RetryPolicy;

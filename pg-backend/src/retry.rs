@@ -26,6 +26,9 @@ pub struct RetryPolicy {
     pub budget_ms: u64,
 }
 
+/// The attempt limit of a policy bounded by a lease ([`RetryPolicy::within`]).
+const LEASE_BOUND_ATTEMPTS: u32 = 64;
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
@@ -43,6 +46,20 @@ impl RetryPolicy {
         Self {
             max_attempts: 1,
             ..Self::default()
+        }
+    }
+
+    /// This policy stretched over `remaining` — the time left on the lease
+    /// a call serves — when that is longer than its own budget: giving up
+    /// while the lease still runs turns a short outage into a rerun of the
+    /// work (the runtime abandons the item and runs it again). The attempt
+    /// limit is raised so that time, not the count, ends the retries.
+    pub fn within(self, remaining: Duration) -> Self {
+        let remaining_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            budget_ms: self.budget_ms.max(remaining_ms),
+            max_attempts: self.max_attempts.max(LEASE_BOUND_ATTEMPTS),
+            ..self
         }
     }
 
@@ -69,6 +86,37 @@ impl RetryPolicy {
         &self,
         classify: Classifier,
         operation: &'static str,
+        op: F,
+    ) -> Result<T, StoreFault>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreFault>>,
+    {
+        self.run_as(classify, false, operation, op).await
+    }
+
+    /// [`RetryPolicy::run_classified`] for an operation that is idempotent
+    /// by its own key (a claim by its lock token): an ambiguous outcome is
+    /// retried like a retryable fault, because rerunning it returns what the
+    /// earlier attempt did if that attempt committed.
+    pub async fn run_idempotent<T, F, Fut>(
+        &self,
+        classify: Classifier,
+        operation: &'static str,
+        op: F,
+    ) -> Result<T, StoreFault>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreFault>>,
+    {
+        self.run_as(classify, true, operation, op).await
+    }
+
+    async fn run_as<T, F, Fut>(
+        &self,
+        classify: Classifier,
+        ambiguous_is_retryable: bool,
+        operation: &'static str,
         mut op: F,
     ) -> Result<T, StoreFault>
     where
@@ -82,7 +130,10 @@ impl RetryPolicy {
                 Ok(v) => return Ok(v),
                 Err(fault) => fault,
             };
-            let class = classify(&fault);
+            let class = match classify(&fault) {
+                Class::Ambiguous if ambiguous_is_retryable => Class::Retryable,
+                class => class,
+            };
             let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let exhausted = attempt >= self.max_attempts.max(1) || elapsed_ms >= self.budget_ms;
             if class != Class::Retryable || exhausted {

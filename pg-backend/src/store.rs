@@ -234,6 +234,11 @@ pub trait Store: Send + Sync + 'static {
     /// holds and that the window admits; take its lock (lease from now);
     /// tag all its visible messages with the token and increment their
     /// attempt counts; read its row, current history and KV store.
+    ///
+    /// Idempotent by the claim's token: when the token already locks an
+    /// instance (an earlier attempt committed and its reply was lost), that
+    /// instance is returned again with its lease restarted; nothing new is
+    /// claimed. A retried claim therefore never holds two leases.
     async fn claim_instance(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault>;
 
     /// Give back a claimed instance without a turn (see [`ReleaseKind`]).
@@ -274,11 +279,20 @@ pub trait Store: Send + Sync + 'static {
     async fn enqueue_worker(&self, row: &WorkerRow) -> Result<(), StoreFault>;
 
     /// Atomically claim the oldest visible, unlocked activity the claim admits.
+    /// Like [`Store::claim_instance`], idempotent by the claim's token: when
+    /// the token locks an activity already, that activity is returned.
     async fn claim_work_item(&self, claim: &WorkClaim) -> Result<Option<ClaimedWork>, StoreFault>;
 
     /// Delete the activity this token holds unexpired and enqueue its
     /// completion, in one transaction.
     async fn complete_work_item(&self, lock_token: &str, completion: Option<&OrchRow>) -> Result<Guarded, StoreFault>;
+
+    /// Whether an activity ack with this token committed (recently). Asked
+    /// only after an ack whose outcome was unknown was rerun and found the
+    /// activity gone; a store that cannot lose replies never needs it.
+    async fn work_settled(&self, _lock_token: &str) -> Result<bool, StoreFault> {
+        Ok(false)
+    }
 
     /// Unlock an activity, optionally hiding it and giving back the attempt.
     async fn abandon_work_item(

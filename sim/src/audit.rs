@@ -207,8 +207,13 @@ fn audit_one(
         }
         Class::Ambiguous => {
             let learned = matches!(fault, StoreFault::CommitOutcomeUnknown { xid: Some(_), .. });
-            let ok = if learned {
+            // Claims are idempotent by their lock token: the documented
+            // remedy for an unknown outcome is to run them again.
+            let by_token = matches!(op, "claim_instance" | "claim_work_item");
+            let ok = if learned && !by_token {
                 treatment == Treatment::Resolved
+            } else if by_token {
+                treatment == Treatment::Retried || (treatment == Treatment::Surfaced && surfaced_as(true))
             } else {
                 treatment != Treatment::Retried && (treatment != Treatment::Surfaced || surfaced_as(true))
             };

@@ -293,7 +293,10 @@ impl Ledger {
         match (request, response) {
             (Request::ClaimWorkItem(claim), Response::Work(Some(w))) => {
                 self.findings.check(Invariant::SingleHolder);
-                if let Some(held) = self.work.get(&w.id).filter(|l| l.until_ms > now_ms) {
+                // The same token claiming again is a retried claim getting
+                // its own lease back (claims are idempotent by token).
+                let other = |l: &&Lease| l.until_ms > now_ms && l.token != claim.lock_token;
+                if let Some(held) = self.work.get(&w.id).filter(other) {
                     let detail = format!("activity row {} claimed while {} holds it", w.id, held.token);
                     self.violate(Invariant::SingleHolder, at_ms, detail);
                 }

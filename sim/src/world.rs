@@ -138,7 +138,12 @@ impl HostSetup {
             self.legacy,
         );
         let engine = Engine::new(store, engine_config(), dispatch::tokens(&self.name, self.seed))
-            .with_classifier(self.classifier);
+            .with_classifier(self.classifier)
+            .with_spawner(std::sync::Arc::new(|task| {
+                // The claim task serves the call that started it.
+                let call = crate::trace::current_call();
+                tokio::spawn(crate::trace::CALL.scope(call, task));
+            }));
         let choices = Injector::new(self.seed, salt.rotate_left(17), self.plan.clone(), self.switch.clone());
         Rc::new(HostCtx {
             name: self.name.clone(),

@@ -45,6 +45,17 @@ pub trait TokenSource: Send + Sync + 'static {
     fn lock_token(&self) -> String;
 }
 
+/// How the engine starts a task of its own (a claim that must outlive a
+/// dropped fetch). Production uses `tokio::spawn`; the simulator wraps it so
+/// the task keeps the call it serves in its trace.
+pub type Spawner = Arc<dyn Fn(futures::future::BoxFuture<'static, ()>) + Send + Sync>;
+
+fn tokio_spawner() -> Spawner {
+    Arc::new(|task| {
+        tokio::spawn(task);
+    })
+}
+
 /// UUIDv4 lock tokens.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct UuidTokens;
@@ -119,14 +130,25 @@ const MAX_REMEMBERED: usize = 16_384;
 
 /// duroxide's `Provider` over a [`Store`]. See the module docs for the contract.
 pub struct Engine<S: Store> {
-    store: S,
+    store: Arc<S>,
     config: EngineConfig,
     tokens: Arc<dyn TokenSource>,
     classify: Classifier,
+    spawn: Spawner,
     unresolved: Mutex<HashMap<String, u64>>,
-    leases: Mutex<HashMap<String, String>>,
+    leases: Mutex<HashMap<String, Lease>>,
     empty: Mutex<HashMap<String, EmptyMark>>,
     stats: FetchStats,
+}
+
+/// A lease this process handed out.
+#[derive(Debug, Clone)]
+struct Lease {
+    /// The instance an orchestration lease locks (`None` for activities).
+    instance: Option<String>,
+    /// When it ends, by this process's clock (measured from when the claim
+    /// was sent, so never later than the store's own deadline).
+    deadline: Instant,
 }
 
 /// Counters of what the engine's fetches did, for observability and the
@@ -188,10 +210,11 @@ impl<S: Store> Engine<S> {
     /// An engine over `store`.
     pub fn new(store: S, config: EngineConfig, tokens: Arc<dyn TokenSource>) -> Self {
         Self {
-            store,
+            store: Arc::new(store),
             config,
             tokens,
             classify,
+            spawn: tokio_spawner(),
             unresolved: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             empty: Mutex::new(HashMap::new()),
@@ -218,6 +241,12 @@ impl<S: Store> Engine<S> {
     /// uses duropg-core's documented table.
     pub fn with_classifier(mut self, classify: Classifier) -> Self {
         self.classify = classify;
+        self
+    }
+
+    /// Replace how the engine starts tasks of its own (see [`Spawner`]).
+    pub fn with_spawner(mut self, spawn: Spawner) -> Self {
+        self.spawn = spawn;
         self
     }
 
@@ -249,16 +278,50 @@ impl<S: Store> Engine<S> {
             .map_err(|fault| self.fault_error(operation, &fault))
     }
 
-    /// Run a guarded write under the retry policy, resolving a lost COMMIT
-    /// reply before deciding anything: committed means applied, aborted means
-    /// run it again. An outcome that stays unknown is remembered against the
-    /// lock token, so a later call with the same token can still learn it.
-    async fn write<F, Fut>(&self, operation: &'static str, lock_token: &str, op: F) -> Result<Guarded, ProviderError>
+    /// Run a guarded write under the retry policy — bounded by the time left
+    /// on the lease it serves, when this process handed that lease out —
+    /// resolving a lost COMMIT reply before deciding anything: committed
+    /// means applied, aborted means run it again.
+    ///
+    /// A reply lost before the transaction id was learned (an activity ack
+    /// is one round trip) is resolved by the token: the write is rerun, and
+    /// a rerun that finds its lock gone asks the store whether a write with
+    /// this token settled ([`Store::work_settled`]). An outcome that stays
+    /// unknown is remembered against the lock token, so a later call with
+    /// the same token can still learn it.
+    async fn write<F, Fut>(
+        &self,
+        operation: &'static str,
+        lock_token: &str,
+        mut op: F,
+    ) -> Result<Guarded, ProviderError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Guarded, StoreFault>>,
     {
-        self.resolved(operation, Some(lock_token), Guarded::Applied, op).await
+        let policy = self.lease_policy(lock_token);
+        let mut resolving = false;
+        loop {
+            match self
+                .resolved(policy, operation, Some(lock_token), Guarded::Applied, &mut op)
+                .await
+            {
+                Ok(Guarded::NotHeld) if resolving => {
+                    let settled = policy
+                        .run_classified(self.classify, operation, || self.store.work_settled(lock_token))
+                        .await
+                        .map_err(|fault| self.fault_error(operation, &fault))?;
+                    tracing::info!(operation, settled, "rerun after an unknown outcome found its lock gone");
+                    return Ok(if settled { Guarded::Applied } else { Guarded::NotHeld });
+                }
+                Ok(outcome) => return Ok(outcome),
+                Err(StoreFault::CommitOutcomeUnknown { xid: None, detail }) if !resolving => {
+                    tracing::info!(operation, %detail, "outcome unknown without a transaction id; rerunning by token");
+                    resolving = true;
+                }
+                Err(fault) => return Err(self.fault_error(operation, &fault)),
+            }
+        }
     }
 
     /// Run a write that is not idempotent (an enqueue, a history append)
@@ -269,43 +332,41 @@ impl<S: Store> Engine<S> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(), StoreFault>>,
     {
-        self.resolved(operation, None, (), op).await
+        self.resolved(self.config.retry, operation, None, (), op)
+            .await
+            .map_err(|fault| self.fault_error(operation, &fault))
     }
 
     /// The loop behind [`Engine::write`] and [`Engine::write_once`]:
     /// `committed` is the result of a write the store says committed.
     async fn resolved<T, F, Fut>(
         &self,
+        policy: RetryPolicy,
         operation: &'static str,
         lock_token: Option<&str>,
         committed: T,
         mut op: F,
-    ) -> Result<T, ProviderError>
+    ) -> Result<T, StoreFault>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreFault>>,
     {
         let mut reruns = 0;
         loop {
-            let fault = match self
-                .config
-                .retry
-                .run_classified(self.classify, operation, &mut op)
-                .await
-            {
+            let fault = match policy.run_classified(self.classify, operation, &mut op).await {
                 Ok(outcome) => return Ok(outcome),
                 Err(fault) => fault,
             };
             let xid = match &fault {
                 StoreFault::CommitOutcomeUnknown { xid: Some(xid), .. } => *xid,
-                _ => return Err(self.fault_error(operation, &fault)),
+                _ => return Err(fault),
             };
             match self.commit_status(operation, xid).await {
                 CommitStatus::Committed => {
                     tracing::info!(operation, xid, "commit reply was lost; the transaction committed");
                     return Ok(committed);
                 }
-                CommitStatus::Aborted if reruns < self.config.retry.max_attempts => {
+                CommitStatus::Aborted if reruns < policy.max_attempts => {
                     tracing::info!(
                         operation,
                         xid,
@@ -317,25 +378,102 @@ impl<S: Store> Engine<S> {
                     if let Some(token) = lock_token {
                         self.remember_unresolved(token, xid);
                     }
-                    return Err(self.fault_error(operation, &fault));
+                    return Err(fault);
                 }
             }
         }
     }
 
-    /// Remember which instance a lease we handed out locks.
-    fn remember_lease(&self, lock_token: &str, instance: &str) {
+    /// The retry policy for a write under `lock_token`: bounded by the time
+    /// left on its lease when this process handed the lease out, else the
+    /// configured one.
+    fn lease_policy(&self, lock_token: &str) -> RetryPolicy {
+        let deadline = self
+            .leases
+            .lock()
+            .ok()
+            .and_then(|m| m.get(lock_token).map(|l| l.deadline));
+        match deadline {
+            Some(deadline) => self
+                .config
+                .retry
+                .within(deadline.saturating_duration_since(Instant::now())),
+            None => self.config.retry,
+        }
+    }
+
+    /// Run a claim so that neither a lost reply nor a dropped caller can
+    /// leave a lease nobody holds. The claim runs on a task of its own under
+    /// the retry policy, an unknown outcome retried with the same token
+    /// (claims are idempotent by token, see [`Store::claim_instance`]); if
+    /// the caller is gone when it returns — the runtime dropped the fetch —
+    /// `release` gives back what it claimed at once.
+    async fn detached_claim<T, C, CF, R, RF>(
+        &self,
+        operation: &'static str,
+        claim: C,
+        release: R,
+    ) -> Result<Option<T>, ProviderError>
+    where
+        T: Send + 'static,
+        C: Fn(Arc<S>) -> CF + Send + Sync + 'static,
+        CF: Future<Output = Result<Option<T>, StoreFault>> + Send,
+        R: FnOnce(Arc<S>) -> RF + Send + 'static,
+        RF: Future<Output = ()> + Send,
+    {
+        let store = Arc::clone(&self.store);
+        let (policy, classify) = (self.config.retry, self.classify);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (self.spawn)(Box::pin(async move {
+            let outcome = policy
+                .run_idempotent(classify, operation, || claim(Arc::clone(&store)))
+                .await;
+            if let Err(Ok(Some(_))) = tx.send(outcome) {
+                tracing::debug!(operation, "the fetch was dropped during its claim; releasing the claim");
+                release(store).await;
+            }
+        }));
+        match rx.await {
+            Ok(outcome) => outcome.map_err(|fault| self.fault_error(operation, &fault)),
+            Err(_) => Err(ProviderError::retryable(
+                operation,
+                "the claim task ended without an answer",
+            )),
+        }
+    }
+
+    /// Remember a lease we handed out: what it locks (an instance, for
+    /// orchestration leases) and until when.
+    /// `claimed_at` is when the claim was sent, so the remembered deadline
+    /// is never later than the store's.
+    fn remember_lease(&self, lock_token: &str, instance: Option<&str>, claimed_at: Instant, lease_ms: u64) {
+        let lease = Lease {
+            instance: instance.map(str::to_string),
+            deadline: claimed_at + Duration::from_millis(lease_ms),
+        };
         if let Ok(mut map) = self.leases.lock() {
             if map.len() >= MAX_REMEMBERED {
                 map.clear();
             }
-            map.insert(lock_token.to_string(), instance.to_string());
+            map.insert(lock_token.to_string(), lease);
+        }
+    }
+
+    /// A renewal committed: the lease now ends no earlier than `extend_ms` from now.
+    fn extend_lease(&self, lock_token: &str, extend_ms: u64) {
+        if let Ok(mut map) = self.leases.lock() {
+            if let Some(lease) = map.get_mut(lock_token) {
+                lease.deadline = lease.deadline.max(Instant::now() + Duration::from_millis(extend_ms));
+            }
         }
     }
 
     /// The instance a lease we handed out locks, if remembered.
     fn remembered_lease(&self, lock_token: &str) -> Option<String> {
-        self.leases.lock().ok().and_then(|m| m.get(lock_token).cloned())
+        self.leases
+            .lock()
+            .ok()
+            .and_then(|m| m.get(lock_token).and_then(|l| l.instance.clone()))
     }
 
     /// Forget a lease once acked or abandoned.

@@ -12,6 +12,7 @@ use duroxide::providers::{
     WorkItem,
 };
 use duroxide::Event;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a successful orchestration fetch returns.
@@ -65,13 +66,29 @@ impl<S: Store> Engine<S> {
                 lock_timeout_ms,
                 window,
             };
-            let Some(batch) = self.call(OP, || self.store.claim_instance(&claim)).await? else {
+            let claimed_at = tokio::time::Instant::now();
+            let token = claim.lock_token.clone();
+            let Some(batch) = self
+                .detached_claim(
+                    OP,
+                    move |store: Arc<S>| {
+                        let claim = claim.clone();
+                        async move { store.claim_instance(&claim).await }
+                    },
+                    move |store: Arc<S>| async move {
+                        // Unlock, and give back the attempt the claim counted.
+                        let _ = store.abandon_instance(&token, None, true).await;
+                    },
+                )
+                .await?
+            else {
                 return Ok(None);
             };
+            let token = batch.lock_token.clone();
             let release = match decide(batch) {
                 FetchDecision::Deliver { item, attempt_count } => {
-                    self.remember_lease(&claim.lock_token, &item.instance);
-                    return Ok(Some((*item, claim.lock_token, attempt_count)));
+                    self.remember_lease(&token, Some(&item.instance), claimed_at, lock_timeout_ms);
+                    return Ok(Some((*item, token, attempt_count)));
                 }
                 FetchDecision::DropOrphans { instance, count } => {
                     tracing::warn!(%instance, count, "dropping QueueMessage items for an instance that does not exist");
@@ -83,8 +100,7 @@ impl<S: Store> Engine<S> {
                 }
                 FetchDecision::Empty => ReleaseKind::Unlock,
             };
-            self.call(OP, || self.store.release_instance(&claim.lock_token, release))
-                .await?;
+            self.call(OP, || self.store.release_instance(&token, release)).await?;
         }
         Ok(None)
     }
@@ -192,7 +208,10 @@ impl<S: Store> Engine<S> {
         const OP: &str = "renew_orchestration_item_lock";
         let extend_ms = duration_ms(extend_for);
         match self.call(OP, || self.store.renew_instance_lock(lock_token, extend_ms)).await? {
-            Guarded::Applied => Ok(()),
+            Guarded::Applied => {
+                self.extend_lease(lock_token, extend_ms);
+                Ok(())
+            }
             Guarded::NotHeld => Err(refuse(
                 OP,
                 format!("cannot renew lock token {lock_token:?}: it is unknown, already released, or its lease has ended (an ended lease is never revived)"),

@@ -8,6 +8,7 @@ use duropg_core::work::{completion_row, tag_predicate, unreadable_work_failure, 
 use duroxide::providers::{ProviderError, SessionFetchConfig, TagFilter, WorkItem};
 use duroxide::{EventKind, SystemStats};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a successful work fetch returns.
@@ -61,19 +62,36 @@ impl<S: Store> Engine<S> {
                 tags: tags.clone(),
                 session: session.cloned(),
             };
-            let Some(work) = self.call(OP, || self.store.claim_work_item(&claim)).await? else {
+            let claimed_at = tokio::time::Instant::now();
+            let token = claim.lock_token.clone();
+            let release_token = token.clone();
+            let Some(work) = self
+                .detached_claim(
+                    OP,
+                    move |store: Arc<S>| {
+                        let claim = claim.clone();
+                        async move { store.claim_work_item(&claim).await }
+                    },
+                    move |store: Arc<S>| async move {
+                        // Unlock at once, and give back the attempt the claim counted.
+                        let _ = store.abandon_work_item(&release_token, None, true).await;
+                    },
+                )
+                .await?
+            else {
                 return Ok(None);
             };
+            self.remember_lease(&token, None, claimed_at, lock_timeout_ms);
             let row = format!(
                 "id {} for activity {} of instance {:?}",
                 work.id, work.key.activity_id, work.key.instance
             );
             match decode_work_item("worker_queue", &row, &work.payload) {
-                Ok(item) => return Ok(Some((item, claim.lock_token, work.attempt_count))),
+                Ok(item) => return Ok(Some((item, token, work.attempt_count))),
                 Err(fault) => {
                     tracing::error!(%fault, "failing an activity whose worker_queue row cannot be read");
                     let failure = unreadable_work_failure(&work.key, work.attempt_count, &fault);
-                    self.ack_work(&claim.lock_token, Some(failure)).await?;
+                    self.ack_work(&token, Some(failure)).await?;
                 }
             }
         }
@@ -86,10 +104,13 @@ impl<S: Store> Engine<S> {
             return Ok(());
         }
         let row = completion_row(completion.as_ref(), self.config.limits).map_err(|e| refuse(OP, e))?;
-        match self
-            .write(OP, lock_token, || self.store.complete_work_item(lock_token, row.as_ref()))
-            .await?
-        {
+        let outcome = self
+            .write(OP, lock_token, || {
+                self.store.complete_work_item(lock_token, row.as_ref())
+            })
+            .await;
+        self.forget_lease(lock_token);
+        match outcome? {
             Guarded::Applied => {
                 if row.is_some() {
                     self.wake_local(QueueKind::Orchestrator, 1);
@@ -111,10 +132,13 @@ impl<S: Store> Engine<S> {
     ) -> Result<(), ProviderError> {
         const OP: &str = "abandon_work_item";
         let delay_ms = delay.map(duration_ms).filter(|ms| *ms > 0);
-        match self
-            .write(OP, lock_token, || self.store.abandon_work_item(lock_token, delay_ms, ignore_attempt))
-            .await?
-        {
+        let outcome = self
+            .write(OP, lock_token, || {
+                self.store.abandon_work_item(lock_token, delay_ms, ignore_attempt)
+            })
+            .await;
+        self.forget_lease(lock_token);
+        match outcome? {
             Guarded::Applied => {
                 if delay_ms.is_none() {
                     self.wake_local(QueueKind::Worker, 1);
@@ -132,7 +156,10 @@ impl<S: Store> Engine<S> {
         const OP: &str = "renew_work_item_lock";
         let extend_ms = duration_ms(extend_for);
         match self.call(OP, || self.store.renew_work_item(lock_token, extend_ms)).await? {
-            Guarded::Applied => Ok(()),
+            Guarded::Applied => {
+                self.extend_lease(lock_token, extend_ms);
+                Ok(())
+            }
             Guarded::NotHeld => Err(refuse(
                 OP,
                 format!("cannot renew lock token {lock_token:?}: the work item was cancelled, acked, or its lease has ended"),

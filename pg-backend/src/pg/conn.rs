@@ -2,7 +2,7 @@
 //! connector), the per-connection prepared-statement cache, and pipelined
 //! execution of statement batches.
 
-use super::error::{fault, invalidates_statements};
+use super::error::{ends_session, fault, invalidates_statements};
 use duropg_core::StoreFault;
 use futures::future::{join_all, try_join_all, BoxFuture};
 use futures::StreamExt;
@@ -158,7 +158,18 @@ impl PgConn {
     /// Like [`PgConn::pipeline`], but with each statement's own outcome, in
     /// order: a batch cut off by a lost connection still reports what came
     /// back before. Errs only when the batch could not be prepared.
+    ///
+    /// A connection whose driver task has already ended (the server closed
+    /// it while it sat in the pool) is refused before anything is written:
+    /// that fault, [`StoreFault::ConnectionClosed`], means the request
+    /// provably never left the client.
     pub async fn pipeline_each(&mut self, stmts: &[Stmt<'_>]) -> Result<Vec<Result<Vec<Row>, StoreFault>>, StoreFault> {
+        if self.client.is_closed() {
+            self.broken = true;
+            return Err(StoreFault::ConnectionClosed {
+                detail: "the connection had closed before the request was sent; nothing reached the server".into(),
+            });
+        }
         let sqls: Vec<&str> = stmts.iter().map(|s| s.sql).collect();
         let prepared = match self.prepare(&sqls).await {
             Ok(p) => p,
@@ -182,7 +193,7 @@ impl PgConn {
         if invalidates_statements(&f) {
             self.statements.clear();
         }
-        if !matches!(f, StoreFault::Sql { .. }) {
+        if !matches!(f, StoreFault::Sql { .. }) || ends_session(&f) {
             self.broken = true;
         }
         f

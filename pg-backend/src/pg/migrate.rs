@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "scale_indexes",
         sql: include_str!("../../migrations/0002_scale_indexes.sql"),
     },
+    Migration {
+        version: 3,
+        name: "settled_tokens",
+        sql: include_str!("../../migrations/0003_settled_tokens.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.

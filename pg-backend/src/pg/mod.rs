@@ -65,6 +65,7 @@ pub struct PgStore {
     /// Concurrent custom-status reads, merged.
     statuses: Batcher<String, Result<reads::CustomStatus, StoreFault>>,
     _listener: listen::Listener,
+    _pruner: Pruner,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -76,12 +77,72 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// How long an activity ack's token is kept in `settled_tokens`: far longer
+/// than any retry of one call (retries end with the lease they serve).
+const SETTLED_RETENTION_MS: i64 = 600_000;
+
+/// How often each store prunes `settled_tokens`.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// The background task that forgets settled tokens past their retention;
+/// ends with the store.
+struct Pruner(tokio::task::JoinHandle<()>);
+
+impl Pruner {
+    fn spawn(pool: Pool, manager: ConnectionManager, sql: String) -> Self {
+        Self(tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRUNE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let pruned = match checkout(&pool, &manager).await {
+                    Ok(mut conn) => conn
+                        .pipeline(&[Stmt::new(&sql).bind(SETTLED_RETENTION_MS)])
+                        .await
+                        .map(|_| ()),
+                    Err(fault) => Err(fault),
+                };
+                if let Err(fault) = pruned {
+                    tracing::debug!(%fault, "pruning settled tokens failed; trying again later");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Pruner {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The most keys one merged read asks for.
 const READ_BATCH: usize = 64;
 
+/// Idle connections found dead at one check-out before it gives up on the
+/// pool's idle set and waits like any other caller.
+const MAX_DEAD_SKIPPED: usize = 16;
+
 /// Check out a connection; a timeout reports the last connect error.
+///
+/// An idle connection whose server side went away while it sat in the pool
+/// (a restart, `pg_terminate_backend`, an idle timeout) is noticed here
+/// without a round trip — its driver task has ended — and discarded, so no
+/// request is committed to it. bb8's own check-out test would cost a ping
+/// per check-out on the hot path.
 async fn checkout<'a>(pool: &'a Pool, manager: &ConnectionManager) -> Result<Pooled<'a>, StoreFault> {
     let started = Instant::now();
+    for _ in 0..MAX_DEAD_SKIPPED {
+        let conn = pool.get().await.map_err(|e| {
+            let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            error::pool_fault(e, waited_ms, manager.last_error())
+        })?;
+        if conn.is_usable() {
+            return Ok(conn);
+        }
+        // Dropped here: `has_broken` sees the closed client and bb8 discards it.
+    }
     pool.get().await.map_err(|e| {
         let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         error::pool_fault(e, waited_ms, manager.last_error())
@@ -123,8 +184,10 @@ impl PgStore {
         read_lanes: usize,
     ) -> Self {
         static STORES: AtomicU64 = AtomicU64::new(0);
+        let (pool_for_pruner, manager_for_pruner) = (pool.clone(), manager.clone());
         let class = migrate::stable_hash(&format!("duropg.claim.{schema}"));
         let sql = Sql::new(&schema);
+        let prune_sql = sql.prune_settled.clone();
         let origin = format!("{}-{}", std::process::id(), STORES.fetch_add(1, Ordering::Relaxed));
         let signals = Arc::new(Signals::default());
         let listener = listen::spawn(manager.clone(), sql.listen.clone(), origin.clone(), signals.clone());
@@ -156,6 +219,7 @@ impl PgStore {
             histories,
             statuses,
             _listener: listener,
+            _pruner: Pruner::spawn(pool_for_pruner, manager_for_pruner, prune_sql),
         }
     }
 
@@ -264,34 +328,28 @@ impl PgStore {
     }
 
     /// A whole transaction — `BEGIN`, `stmts`, `COMMIT` — in one round trip.
-    /// Returns the statements' results. A statement that fails aborts the
-    /// transaction (the server turns the `COMMIT` into a rollback) and its
-    /// error is returned; a connection lost on the way leaves the outcome
-    /// unknown, reported as such without a transaction id.
+    /// Returns the statements' results. See [`settle_transaction`] for what
+    /// each way of failing yields: a statement that failed in the server
+    /// aborted the transaction (its fault is returned); a request refused
+    /// before it was sent is [`StoreFault::ConnectionClosed`]; anything
+    /// lost on the way, or an error in reply to `COMMIT`, leaves the outcome
+    /// unknown, reported as [`StoreFault::CommitOutcomeUnknown`] without a
+    /// transaction id (callers resolve it by their lock token).
     pub(crate) async fn transact(&self, conn: &mut PgConn, stmts: Vec<Stmt<'_>>) -> Result<Vec<Vec<Row>>, StoreFault> {
         let mut all = Vec::with_capacity(stmts.len() + 2);
         all.push(Stmt::new(&self.sql.begin));
         all.extend(stmts);
         all.push(Stmt::new(&self.sql.commit));
         conn.set_in_transaction(true);
-        match conn.pipeline(&all).await {
-            Ok(mut results) => {
-                conn.set_in_transaction(false);
-                results.pop();
-                results.remove(0);
-                Ok(results)
-            }
-            Err(fault @ (StoreFault::Sql { .. } | StoreFault::Client { .. })) => {
-                // Every statement, COMMIT included, was sent: the failed one
-                // aborted the transaction and COMMIT ended it.
-                conn.set_in_transaction(false);
-                Err(fault)
-            }
-            Err(other) => Err(StoreFault::CommitOutcomeUnknown {
-                detail: other.to_string(),
-                xid: None,
-            }),
+        let outcome = match conn.pipeline_each(&all).await {
+            Ok(outcomes) => settle_transaction(outcomes),
+            // Nothing was sent: no transaction is open.
+            Err(fault) => Err(fault),
+        };
+        if !matches!(outcome, Err(StoreFault::CommitOutcomeUnknown { .. })) {
+            conn.set_in_transaction(false);
         }
+        outcome
     }
 
     /// A whole transaction in one round trip, like [`PgStore::transact`],
@@ -310,9 +368,10 @@ impl PgStore {
             // Nothing was sent: no transaction is open.
             Err(fault) => Err(fault),
         };
-        if matches!(outcome, Ok(_) | Err(StoreFault::Sql { .. } | StoreFault::Client { .. })) {
-            // Committed, or ended by the server; a connection that was lost
-            // on the way is already marked broken and will be discarded.
+        if !matches!(outcome, Err(StoreFault::CommitOutcomeUnknown { .. })) {
+            // Committed, ended by the server, or never sent; a connection
+            // that was lost on the way is already marked broken and will be
+            // discarded.
             conn.set_in_transaction(false);
         }
         outcome
@@ -331,21 +390,15 @@ impl PgStore {
         }
     }
 
-    /// Commit. A lost reply becomes [`StoreFault::CommitOutcomeUnknown`]
-    /// carrying `xid` when the transaction learned it.
+    /// Commit. Any failure but a proven rollback becomes
+    /// [`StoreFault::CommitOutcomeUnknown`] carrying `xid` when the
+    /// transaction learned it (see [`commit_failure`]).
     pub(crate) async fn commit(&self, conn: &mut PgConn, xid: Option<u64>) -> Result<(), StoreFault> {
         let outcome = conn.pipeline(&[Stmt::new(&self.sql.commit)]).await;
         // Committed, rolled back by the server, or the connection is gone:
         // in every case no transaction stays open on it.
         conn.set_in_transaction(false);
-        match outcome {
-            Ok(_) => Ok(()),
-            Err(fault @ (StoreFault::Sql { .. } | StoreFault::Client { .. })) => Err(fault),
-            Err(other) => Err(StoreFault::CommitOutcomeUnknown {
-                detail: other.to_string(),
-                xid,
-            }),
-        }
+        outcome.map(|_| ()).map_err(|fault| commit_failure(fault, xid))
     }
 
     /// Roll back an open transaction.
@@ -387,55 +440,117 @@ impl PgStore {
     }
 }
 
+/// What a failed `COMMIT` means. Only an error that proves the server
+/// rolled the transaction back — a deferred constraint (class 23) or a
+/// commit-time serialization failure (class 40), reported with severity
+/// ERROR while the session lives on — is taken as "not committed". Anything
+/// else may follow a commit that was applied: a backend terminated during
+/// its commit finishes the commit and then sends FATAL 57P01, and a cut
+/// connection loses the reply. Those are
+/// [`StoreFault::CommitOutcomeUnknown`], carrying `xid` when known.
+pub(crate) fn commit_failure(fault: StoreFault, xid: Option<u64>) -> StoreFault {
+    match &fault {
+        StoreFault::Sql { code, .. } if code.starts_with("23") || code.starts_with("40") => fault,
+        StoreFault::CommitOutcomeUnknown { .. } => fault,
+        _ => StoreFault::CommitOutcomeUnknown {
+            detail: fault.to_string(),
+            xid,
+        },
+    }
+}
+
+/// Whether a fault came from the server about one statement, which the
+/// server answered while the session lived on: the statement failed and its
+/// transaction is aborted (a later `COMMIT` rolls it back). Errors that end
+/// the session (FATAL) prove nothing about what happened before them.
+fn statement_failed(fault: &StoreFault) -> bool {
+    match fault {
+        StoreFault::Sql { .. } => !error::ends_session(fault),
+        StoreFault::Client { .. } => true,
+        _ => false,
+    }
+}
+
+/// What a pipelined `BEGIN; stmts…; COMMIT` came to, from each statement's
+/// outcome in order.
+///
+/// - Every statement answered: their results, `BEGIN` and `COMMIT` removed.
+/// - A statement before `COMMIT` failed in the server: the transaction was
+///   aborted and `COMMIT` ended it; that fault.
+/// - Otherwise — the connection was lost on the way, or `COMMIT` itself got
+///   an error after every statement had answered — the transaction may have
+///   committed: [`StoreFault::CommitOutcomeUnknown`] without an id (see
+///   [`commit_failure`]).
+pub(crate) fn settle_transaction(outcomes: Vec<Result<Vec<Row>, StoreFault>>) -> Result<Vec<Vec<Row>>, StoreFault> {
+    let last = outcomes.len().saturating_sub(1);
+    let mut results = Vec::with_capacity(outcomes.len());
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(rows) => results.push(rows),
+            Err(fault) if i < last && statement_failed(&fault) => return Err(fault),
+            Err(fault) => return Err(commit_failure(fault, None)),
+        }
+    }
+    if results.len() < 2 {
+        return Err(StoreFault::Client {
+            detail: "a pipelined transaction returned fewer results than it sent".into(),
+        });
+    }
+    results.pop();
+    results.remove(0);
+    Ok(results)
+}
+
 /// What a pipelined `BEGIN; write; COMMIT` came to, from each statement's
 /// outcome in order. `xid_of` reads the transaction id from the write's
 /// result, `None` when its guard failed and it wrote nothing.
 ///
 /// - Every statement answered: the write's result.
-/// - A statement failed in the server (or the client refused it): every
-///   statement, `COMMIT` included, was sent, so the failed one aborted the
-///   transaction and `COMMIT` ended it; that fault.
-/// - The connection was lost after the write answered but before `COMMIT`
-///   did: the transaction may have committed. With an id, that is
-///   [`StoreFault::CommitOutcomeUnknown`] carrying it, for the engine to
-///   resolve; when the guard failed nothing was written, and the write's
-///   (empty) result stands.
+/// - `BEGIN` or the write failed in the server: the transaction was aborted
+///   and `COMMIT` ended it; that fault.
+/// - The write answered but `COMMIT` did not (the connection was lost, or
+///   an error that ends the session came back, as after a backend
+///   terminated during its commit): the transaction may have committed.
+///   With an id, that is [`StoreFault::CommitOutcomeUnknown`] carrying it,
+///   for the engine to resolve; when the guard failed nothing was written,
+///   and the write's (empty) result stands.
 /// - Lost earlier: the outcome is unknown and no id was learned.
 pub(crate) fn settle_guarded<T>(
     outcomes: Vec<Result<T, StoreFault>>,
     xid_of: impl Fn(&T) -> Result<Option<u64>, StoreFault>,
 ) -> Result<T, StoreFault> {
-    let server_ended = |f: &StoreFault| matches!(f, StoreFault::Sql { .. } | StoreFault::Client { .. });
     let mut outcomes = outcomes.into_iter();
     let (begun, written, committed) = (outcomes.next(), outcomes.next(), outcomes.next());
-    let first_fault = |all: [Option<Result<T, StoreFault>>; 3]| {
-        all.into_iter()
-            .flatten()
-            .find_map(Result::err)
-            .unwrap_or_else(|| StoreFault::Client {
-                detail: "a pipelined transaction returned fewer results than it sent".into(),
-            })
-    };
+    let unknown = |fault: StoreFault| commit_failure(fault, None);
     match (begun, written, committed) {
         (Some(Ok(_)), Some(Ok(result)), Some(Ok(_))) => Ok(result),
-        (begun, Some(Ok(result)), Some(Err(lost)))
-            if !server_ended(&lost) && !begun.as_ref().is_some_and(Result::is_err) =>
-        {
-            match xid_of(&result)? {
-                Some(xid) => Err(StoreFault::CommitOutcomeUnknown {
-                    detail: lost.to_string(),
-                    xid: Some(xid),
-                }),
-                None => Ok(result),
+        (Some(Ok(_)), Some(Ok(result)), Some(Err(lost))) => match xid_of(&result)? {
+            Some(xid) => Err(commit_failure(lost, Some(xid))),
+            None => Ok(result),
+        },
+        (Some(Err(f)), _, _) | (Some(Ok(_)), Some(Err(f)), _) if statement_failed(&f) => Err(f),
+        (Some(Err(f)), _, _) | (Some(Ok(_)), Some(Err(f)), _) => Err(unknown(f)),
+        _ => Err(StoreFault::Client {
+            detail: "a pipelined transaction returned fewer results than it sent".into(),
+        }),
+    }
+}
+
+/// A claim retried with its token while the earlier attempt, still open on
+/// a connection the client lost, held its lock: the retry's insert of the
+/// same token waits for that transaction and, when it commits, fails with
+/// a unique violation. The earlier claim did take effect, so this is an
+/// unknown outcome, which the engine resolves by running the claim again
+/// (it then finds the lock its token holds).
+fn raced_token(fault: StoreFault) -> StoreFault {
+    match &fault {
+        StoreFault::Sql { code, message } if code == "23505" && message.contains("lock_token") => {
+            StoreFault::CommitOutcomeUnknown {
+                detail: fault.to_string(),
+                xid: None,
             }
         }
-        (begun, written, committed) => match first_fault([begun, written, committed]) {
-            fault if server_ended(&fault) => Err(fault),
-            other => Err(StoreFault::CommitOutcomeUnknown {
-                detail: other.to_string(),
-                xid: None,
-            }),
-        },
+        _ => fault,
     }
 }
 
@@ -478,7 +593,7 @@ impl Store for PgStore {
     }
 
     async fn claim_instance(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault> {
-        self.claim(claim).await
+        self.claim(claim).await.map_err(raced_token)
     }
 
     async fn release_instance(&self, lock_token: &str, kind: ReleaseKind) -> Result<(), StoreFault> {
@@ -523,11 +638,19 @@ impl Store for PgStore {
     }
 
     async fn claim_work_item(&self, claim: &WorkClaim) -> Result<Option<ClaimedWork>, StoreFault> {
-        self.claim_work(claim).await
+        self.claim_work(claim).await.map_err(raced_token)
     }
 
     async fn complete_work_item(&self, lock_token: &str, completion: Option<&OrchRow>) -> Result<Guarded, StoreFault> {
         self.complete_work(lock_token, completion).await
+    }
+
+    async fn work_settled(&self, lock_token: &str) -> Result<bool, StoreFault> {
+        let rows = self.run(&[Stmt::new(&self.sql.work_settled).bind(lock_token)]).await?;
+        let row = rows[0].first().ok_or_else(|| StoreFault::Client {
+            detail: "work_settled returned no row".into(),
+        })?;
+        error::col(row, 0, "settled_tokens", &|| format!("lock token {lock_token:?}"))
     }
 
     async fn abandon_work_item(
@@ -646,6 +769,53 @@ mod tests {
         match settle(vec![Ok(vec![]), Ok(vec![9]), Err(sql("40001"))]) {
             Err(StoreFault::Sql { code, .. }) => assert_eq!(code, "40001"),
             other => panic!("expected COMMIT's SQL error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fatal_in_reply_to_commit_is_an_unknown_outcome_not_a_rollback() {
+        // A backend terminated during its commit finishes the commit, then
+        // sends FATAL 57P01: the write may have committed.
+        match settle(vec![Ok(vec![]), Ok(vec![42]), Err(sql("57P01"))]) {
+            Err(StoreFault::CommitOutcomeUnknown { xid: Some(42), .. }) => {}
+            other => panic!("expected an unknown outcome with xid 42, got {other:?}"),
+        }
+        match commit_failure(sql("57P01"), Some(7)) {
+            StoreFault::CommitOutcomeUnknown { xid: Some(7), .. } => {}
+            other => panic!("expected an unknown outcome with xid 7, got {other:?}"),
+        }
+        // A FATAL in reply to the write itself proves nothing either.
+        match settle(vec![Ok(vec![]), Err(sql("57P01")), Err(lost())]) {
+            Err(StoreFault::CommitOutcomeUnknown { xid: None, .. }) => {}
+            other => panic!("expected an unknown outcome, got {other:?}"),
+        }
+    }
+
+    /// A whole pipelined transaction whose statements return one row count each.
+    fn transaction(outcomes: Vec<Result<(), StoreFault>>) -> Result<usize, StoreFault> {
+        settle_transaction(outcomes.into_iter().map(|o| o.map(|()| Vec::new())).collect()).map(|r| r.len())
+    }
+
+    #[test]
+    fn a_transaction_settles_by_where_it_failed() {
+        // BEGIN, two statements, COMMIT: two results.
+        assert_eq!(transaction(vec![Ok(()), Ok(()), Ok(()), Ok(())]).unwrap(), 2);
+        // A statement failed in the server: aborted, its fault returned.
+        match transaction(vec![Ok(()), Err(sql("40P01")), Ok(()), Ok(())]) {
+            Err(StoreFault::Sql { code, .. }) => assert_eq!(code, "40P01"),
+            other => panic!("expected the deadlock, got {other:?}"),
+        }
+        // Every statement answered and COMMIT got FATAL, or was lost: unknown.
+        for commit in [sql("57P01"), lost()] {
+            match transaction(vec![Ok(()), Ok(()), Ok(()), Err(commit)]) {
+                Err(StoreFault::CommitOutcomeUnknown { xid: None, .. }) => {}
+                other => panic!("expected an unknown outcome, got {other:?}"),
+            }
+        }
+        // Lost mid-way: unknown too (the server may have had it all).
+        match transaction(vec![Ok(()), Err(lost()), Err(lost()), Err(lost())]) {
+            Err(StoreFault::CommitOutcomeUnknown { xid: None, .. }) => {}
+            other => panic!("expected an unknown outcome, got {other:?}"),
         }
     }
 }

@@ -160,16 +160,16 @@ impl PgStore {
         }
         let mut conn = self.conn().await?;
         let results = self.begin(&mut conn, stmts).await?;
-        let outcome = guarded(&results[0]);
-        if outcome == Guarded::NotHeld {
+        let Some(row) = results[0].first() else {
             self.rollback(&mut conn).await;
             return Ok(Guarded::NotHeld);
-        }
-        self.commit(&mut conn, None).await?;
+        };
+        let xid = uint(col(row, 1, "instance_locks", &|| format!("lock token {lock_token:?}"))?);
+        self.commit(&mut conn, Some(xid)).await?;
         if delay_ms.is_none() {
             self.wake_announced(QueueKind::Orchestrator, &results[2]);
         }
-        Ok(outcome)
+        Ok(Guarded::Applied)
     }
 
     pub(super) async fn renew(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault> {

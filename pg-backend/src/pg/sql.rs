@@ -28,6 +28,7 @@ pub const TABLES: &[&str] = &[
     "sessions",
     "kv_store",
     "kv_delta",
+    "settled_tokens",
 ];
 
 /// The store clock in milliseconds since the Unix epoch.
@@ -147,13 +148,23 @@ statements! {
     /// time, or — both NULL — how long until the next message becomes
     /// visible (NULL: none is waiting).
     ///
+    /// Idempotent by token: when a lock with token $9 exists already (an
+    /// earlier attempt of this claim committed and its reply was lost), the
+    /// statement claims nothing new; it restarts that lock's lease from now
+    /// and returns it, so a retried claim hands out the same instance.
+    ///
     /// Its cost must not grow with the schema (`tests/tests/plans.rs` holds
     /// it to that): the walk in visibility order seeks
     /// `orchestrator_queue_ready_idx` and stops at the first message not yet
     /// due, so sleeping timers are never read; the capability check is a
     /// per-candidate lookup by primary key, and `OFFSET 0` keeps the planner
     /// from turning it into a hashed scan of every execution.
-    claim_instance = "WITH ready AS MATERIALIZED (
+    claim_instance = "WITH mine AS (
+            UPDATE {s}.instance_locks
+            SET locked_until_ms = {now} + $10::bigint, locked_at_ms = {now}
+            WHERE lock_token = $9
+            RETURNING instance_id, locked_at_ms
+        ), ready AS MATERIALIZED (
             SELECT q.id, q.instance_id, q.visible_at_ms
             FROM {s}.orchestrator_queue q
             WHERE q.visible_at_ms <= {now}
@@ -174,7 +185,8 @@ statements! {
             SELECT instance_id FROM ready GROUP BY instance_id ORDER BY min(visible_at_ms), min(id) LIMIT 16
         ), chosen AS (
             SELECT instance_id FROM candidates
-            WHERE pg_catalog.pg_try_advisory_xact_lock($8::integer, pg_catalog.hashtext(instance_id))
+            WHERE NOT EXISTS (SELECT 1 FROM mine)
+              AND pg_catalog.pg_try_advisory_xact_lock($8::integer, pg_catalog.hashtext(instance_id))
             LIMIT 1
         ), claimed AS (
             INSERT INTO {s}.instance_locks AS l (instance_id, lock_token, locked_until_ms, locked_at_ms)
@@ -186,14 +198,19 @@ statements! {
                 WHERE l.locked_until_ms <= EXCLUDED.locked_at_ms
             RETURNING instance_id, locked_at_ms
         )
+        SELECT instance_id, locked_at_ms, NULL::bigint FROM mine
+        UNION ALL
         SELECT instance_id, locked_at_ms, NULL::bigint FROM claimed
         UNION ALL
         SELECT NULL, NULL, (SELECT min(visible_at_ms) - {now} FROM {s}.orchestrator_queue WHERE visible_at_ms > {now})
-        WHERE NOT EXISTS (SELECT 1 FROM claimed)";
+        WHERE NOT EXISTS (SELECT 1 FROM claimed) AND NOT EXISTS (SELECT 1 FROM mine)";
 
-    /// Tag the visible messages of the instance lock $1 holds with it, and count the attempt.
+    /// Tag the visible messages of the instance lock $1 holds with it, and
+    /// count the attempt — once: a message a retried claim finds tagged
+    /// with this token already keeps its count.
     tag_messages = "UPDATE {s}.orchestrator_queue
-        SET lock_token = $1, attempt_count = attempt_count + 1
+        SET lock_token = $1,
+            attempt_count = attempt_count + CASE WHEN lock_token IS NOT DISTINCT FROM $1 THEN 0 ELSE 1 END
         WHERE instance_id = (SELECT instance_id FROM {s}.instance_locks WHERE lock_token = $1)
           AND visible_at_ms <= {now}
         RETURNING id, work_item, attempt_count, enqueued_at_ms";
@@ -220,8 +237,8 @@ statements! {
     kv_snapshot = "SELECT key, value, last_updated_at_ms FROM {s}.kv_store
         WHERE instance_id = (SELECT instance_id FROM {s}.instance_locks WHERE lock_token = $1)";
 
-    /// Release a lock by token.
-    delete_lock = "DELETE FROM {s}.instance_locks WHERE lock_token = $1 RETURNING instance_id";
+    /// Release a lock by token; learn the transaction id.
+    delete_lock = "DELETE FROM {s}.instance_locks WHERE lock_token = $1 RETURNING instance_id, pg_catalog.txid_current()";
 
     /// Delete the messages tagged with a token.
     delete_tagged = "DELETE FROM {s}.orchestrator_queue WHERE lock_token = $1";
@@ -367,9 +384,18 @@ statements! {
     /// race the pick cannot see) is left untouched. One row: the claimed
     /// activity, or — every column NULL but the last — how long until the
     /// next activity becomes visible (NULL: none is waiting).
-    claim_work = "WITH picked AS (
+    ///
+    /// Idempotent by token, like `claim_instance`: an activity locked with
+    /// token $6 already (an earlier attempt committed, its reply lost) gets
+    /// its lease restarted and is returned again; nothing new is claimed.
+    claim_work = "WITH mine AS (
+            UPDATE {s}.worker_queue SET locked_until_ms = {now} + $7::bigint
+            WHERE lock_token = $6
+            RETURNING id, work_item, attempt_count, session_id, instance_id, execution_id, activity_id
+        ), picked AS (
             SELECT q.id, q.session_id FROM {s}.worker_queue q
-            WHERE q.visible_at_ms <= {now}
+            WHERE NOT EXISTS (SELECT 1 FROM mine)
+              AND q.visible_at_ms <= {now}
               AND (q.lock_token IS NULL OR q.locked_until_ms <= {now})
               AND ($1::boolean OR (q.tag IS NULL AND $2::boolean) OR q.tag = ANY($3::text[]))
               AND (q.session_id IS NULL OR ($4::boolean AND NOT EXISTS (
@@ -394,11 +420,14 @@ statements! {
             RETURNING w.id, w.work_item, w.attempt_count, w.session_id, w.instance_id, w.execution_id, w.activity_id
         )
         SELECT id, work_item, attempt_count, session_id, instance_id, execution_id, activity_id, NULL::bigint
+        FROM mine
+        UNION ALL
+        SELECT id, work_item, attempt_count, session_id, instance_id, execution_id, activity_id, NULL::bigint
         FROM claimed
         UNION ALL
         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                (SELECT min(visible_at_ms) - {now} FROM {s}.worker_queue WHERE visible_at_ms > {now})
-        WHERE NOT EXISTS (SELECT 1 FROM claimed)";
+        WHERE NOT EXISTS (SELECT 1 FROM claimed) AND NOT EXISTS (SELECT 1 FROM mine)";
 
     /// Complete the activity lock $8 holds, if its lease is unexpired:
     /// delete it, mark activity on its session (while the session lock is
@@ -406,11 +435,18 @@ statements! {
     /// instance, $2 payload, $3 delay ms, $4 absolute ms), announced on
     /// channel $5 (origin $6, coalesce flag $7) as in
     /// `enqueue_orchestrator` (the completed activity is no sibling).
-    /// No row: the lock is not held and nothing changed. Otherwise one row:
+    /// The token is recorded in `settled_tokens` in the same transaction
+    /// (see `work_settled`). No row: the lock is not held and nothing
+    /// changed. Otherwise one row:
     /// the transaction id, how many messages it announced and whether the
     /// wake-up is left to the coalescing window.
     complete_work = "WITH d AS (
             DELETE FROM {s}.worker_queue WHERE lock_token = $8 AND locked_until_ms > {now} RETURNING id, session_id
+        ), settled AS (
+            INSERT INTO {s}.settled_tokens (lock_token, settled_at_ms)
+            SELECT $8, {now} FROM d
+            ON CONFLICT (lock_token) DO NOTHING
+            RETURNING 1
         ), touched AS (
             UPDATE {s}.sessions s SET last_activity_at_ms = {now}
             FROM d WHERE s.session_id = d.session_id AND s.locked_until_ms > {now}
@@ -438,6 +474,12 @@ statements! {
         )
         SELECT pg_catalog.txid_current(), COALESCE(a.announced, 0), COALESCE(a.deferred, false)
         FROM d LEFT JOIN announce a ON true";
+
+    /// Whether an activity ack with token $1 committed (within the retention).
+    work_settled = "SELECT EXISTS (SELECT 1 FROM {s}.settled_tokens WHERE lock_token = $1)";
+
+    /// Forget settled tokens older than $1 ms.
+    prune_settled = "DELETE FROM {s}.settled_tokens WHERE settled_at_ms < {now} - $1::bigint";
 
     /// Unlock an activity, optionally hiding it ($2 ms) and giving back the
     /// attempt ($3); learn the transaction id.

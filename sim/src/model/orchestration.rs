@@ -48,8 +48,19 @@ impl ModelState {
     }
 
     /// `claim_instance` + `tag_messages` + the reads, in one transaction.
+    ///
+    /// Idempotent by token, as the SQL: a lock this token holds already is
+    /// returned again with its lease restarted.
     pub(crate) fn claim_instance(&mut self, claim: &InstanceClaim, now_ms: u64) -> Option<ClaimedInstance> {
-        let instance = self.claim_candidate(claim.window, now_ms)?;
+        let mine = self
+            .instance_locks
+            .iter()
+            .find(|(_, l)| l.lock_token == claim.lock_token)
+            .map(|(i, _)| i.clone());
+        let instance = match mine {
+            Some(instance) => instance,
+            None => self.claim_candidate(claim.window, now_ms)?,
+        };
         self.instance_locks.insert(
             instance.clone(),
             InstanceLock {
@@ -61,8 +72,10 @@ impl ModelState {
         let mut messages = Vec::new();
         for (id, m) in self.orchestrator_queue.iter_mut() {
             if m.instance == instance && m.visible_at_ms <= now_ms {
+                if m.lock_token.as_deref() != Some(claim.lock_token.as_str()) {
+                    m.attempt_count += 1;
+                }
                 m.lock_token = Some(claim.lock_token.clone());
-                m.attempt_count += 1;
                 messages.push(RawMessage {
                     id: *id,
                     payload: m.payload.clone(),

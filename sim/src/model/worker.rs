@@ -66,7 +66,24 @@ impl ModelState {
     }
 
     /// `claim_work`: lock the oldest admitted activity, claiming its session.
+    ///
+    /// Idempotent by token, as the SQL: an activity this token locks
+    /// already is returned again with its lease restarted.
     pub(crate) fn claim_work_item(&mut self, claim: &WorkClaim, now_ms: u64) -> Option<ClaimedWork> {
+        let mine = self
+            .worker_queue
+            .iter_mut()
+            .find(|(_, w)| w.lock_token.as_deref() == Some(claim.lock_token.as_str()));
+        if let Some((id, w)) = mine {
+            w.locked_until_ms = Some(now_ms.saturating_add(claim.lock_timeout_ms));
+            return Some(ClaimedWork {
+                id: *id,
+                key: w.key.clone(),
+                session_id: w.session_id.clone(),
+                payload: w.payload.clone(),
+                attempt_count: w.attempt_count,
+            });
+        }
         let id = *self
             .worker_queue
             .iter()
