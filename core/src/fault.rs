@@ -214,6 +214,8 @@ pub const SQLSTATE_RULES: &[SqlStateRule] = &[
     rule("0A", "feature_not_supported", Class::Permanent, "the statement uses something this server does not support"),
     // Invalid transaction state (class 25).
     rule("25P03", "idle_in_transaction_session_timeout", Class::Retryable, "the server ended a transaction that sat idle; the connection is gone and the work rolled back"),
+    rule("25P04", "transaction_timeout", Class::Retryable, "the server ended a transaction that ran past transaction_timeout (PostgreSQL 17); the connection is gone and the work rolled back"),
+    rule("25006", "read_only_sql_transaction", Class::Retryable, "the connection reached a read-only server (a standby, or a primary being demoted during a failover); the store discards it and a fresh connection finds the new primary"),
     rule("25", "invalid_transaction_state", Class::Permanent, "a statement ran in a transaction state it cannot run in: a bug, not a condition"),
     // Data and integrity errors: the same input fails the same way.
     rule("23505", "unique_violation", Class::Permanent, "a row with this key already exists (for history: a duplicate event id); rerunning inserts the same key"),
@@ -341,6 +343,21 @@ mod tests {
         }
         assert_eq!(classify(&sql("08P01")), Class::Permanent);
         assert_eq!(classify(&sql("08007")), Class::Ambiguous);
+    }
+
+    #[test]
+    fn failover_and_pooler_rows() {
+        // A reconnect that landed on a standby, or a primary being demoted.
+        assert_eq!(classify(&sql("25006")), Class::Retryable);
+        assert_eq!(classify(&sql("25P04")), Class::Retryable);
+        // Another invalid transaction state is still a bug.
+        assert_eq!(classify(&sql("25001")), Class::Permanent);
+        // The server is starting up or in recovery (a standby being promoted).
+        assert_eq!(classify(&sql("57P03")), Class::Retryable);
+        // Too many connections (a pooler's or the server's limit).
+        assert_eq!(classify(&sql("53300")), Class::Retryable);
+        // PgBouncer's protocol errors (an unsupported startup parameter) need a setting.
+        assert_eq!(classify(&sql("08P01")), Class::Permanent);
     }
 
     #[test]

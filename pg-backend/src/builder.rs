@@ -3,7 +3,7 @@
 
 use crate::engine::{Engine, EngineConfig, TokenSource, UuidTokens};
 use crate::pg::migrate::{migrate, MigrateError};
-use crate::pg::tls::{connector_for, parse_roots, split_tls_params, SslMode};
+use crate::pg::tls::{connector_for, parse_roots, split_url_params, system_roots, SslMode, UrlParams};
 use crate::pg::{ConnectionManager, Connector, PgStore};
 use crate::retry::RetryPolicy;
 use crate::PgProvider;
@@ -69,6 +69,8 @@ pub struct PgProviderBuilder {
     connector: Option<Connector>,
     ssl_mode: Option<SslMode>,
     ssl_root_pem: Vec<u8>,
+    pgbouncer: Option<bool>,
+    listen_url: Option<String>,
 }
 
 impl fmt::Debug for PgProviderBuilder {
@@ -82,6 +84,8 @@ impl fmt::Debug for PgProviderBuilder {
             .field("completion_window", &self.completion_window)
             .field("migrate", &self.migrate)
             .field("ssl_mode", &self.ssl_mode)
+            .field("pgbouncer", &self.pgbouncer)
+            .field("listen_url", &self.listen_url.as_ref().map(|_| "(set)"))
             .field("engine", &self.engine)
             .finish_non_exhaustive()
     }
@@ -113,6 +117,8 @@ impl PgProvider {
             connector: None,
             ssl_mode: None,
             ssl_root_pem: Vec::new(),
+            pgbouncer: None,
+            listen_url: None,
         }
     }
 }
@@ -223,6 +229,28 @@ impl PgProviderBuilder {
         self
     }
 
+    /// PgBouncer transaction pooling sits between duropg and PostgreSQL
+    /// (overrides the connection string's `pgbouncer=true`). Then no
+    /// session settings are sent at startup, no statement is prepared on
+    /// the server (each is sent unnamed with its parameter types), and
+    /// nothing relies on session state between transactions. `LISTEN`
+    /// cannot work through transaction pooling: give a direct
+    /// [`listen_url`](Self::listen_url) for wake-ups across processes, or
+    /// idle fetchers poll every 50 ms. See `docs/operations.md`.
+    pub fn pgbouncer(mut self, yes: bool) -> Self {
+        self.pgbouncer = Some(yes);
+        self
+    }
+
+    /// A connection string for the one connection that `LISTEN`s for
+    /// other processes' wake-ups, when the main one goes through a pooler
+    /// that cannot carry `LISTEN` (PgBouncer in transaction mode): a direct
+    /// connection to the same database (or PgBouncer in session mode).
+    pub fn listen_url(mut self, url: &str) -> Self {
+        self.listen_url = Some(url.to_string());
+        self
+    }
+
     /// The TLS mode and connector from the connection string's `sslmode`
     /// and `sslrootcert` and the builder's overrides.
     fn tls(&self, mode: Option<&str>, root_file: Option<&str>) -> Result<(SslMode, Connector), PgError> {
@@ -236,16 +264,20 @@ impl PgProviderBuilder {
             (None, None) => SslMode::Prefer,
         };
         let mut pem = self.ssl_root_pem.clone();
-        if let Some(path) = root_file {
-            let file = std::fs::read(path)
-                .map_err(|e| PgError::InvalidSetting(format!("cannot read sslrootcert file {path:?}: {e}")))?;
-            pem.extend_from_slice(&file);
+        let mut roots = Vec::new();
+        match root_file {
+            // libpq 16's convention: the platform's trusted CA store.
+            Some("system") => roots.extend(system_roots().map_err(PgError::InvalidSetting)?),
+            Some(path) => {
+                let file = std::fs::read(path)
+                    .map_err(|e| PgError::InvalidSetting(format!("cannot read sslrootcert file {path:?}: {e}")))?;
+                pem.extend_from_slice(&file);
+            }
+            None => {}
         }
-        let roots = if pem.is_empty() {
-            Vec::new()
-        } else {
-            parse_roots(&pem).map_err(|e| PgError::InvalidSetting(format!("root certificates: {e}")))?
-        };
+        if !pem.is_empty() {
+            roots.extend(parse_roots(&pem).map_err(|e| PgError::InvalidSetting(format!("root certificates: {e}")))?);
+        }
         let connector = match &self.connector {
             Some(c) => c.clone(),
             None => connector_for(mode, roots).map_err(PgError::InvalidSetting)?,
@@ -253,15 +285,39 @@ impl PgProviderBuilder {
         Ok((mode, connector))
     }
 
-    fn check(&self) -> Result<(SchemaName, tokio_postgres::Config, Connector), PgError> {
-        let schema = SchemaName::parse(&self.schema).map_err(PgError::InvalidSchema)?;
-        // The driver knows neither verify-* modes nor sslrootcert: take them out first.
-        let (url, tls_params) = split_tls_params(&self.url);
+    /// The driver's config and the connector for one connection string.
+    /// The driver knows neither the verify-* modes, nor `sslrootcert`, nor
+    /// `pgbouncer`: they are taken out first.
+    fn target(&self, raw: &str) -> Result<(tokio_postgres::Config, Connector, UrlParams), PgError> {
+        let (url, url_params) = split_url_params(raw);
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| PgError::InvalidUrl(e.to_string()))?;
-        let (mode, connector) = self.tls(tls_params.mode.as_deref(), tls_params.root_cert.as_deref())?;
+        let (mode, connector) = self.tls(url_params.mode.as_deref(), url_params.root_cert.as_deref())?;
         config.ssl_mode(mode.driver_mode());
+        Ok((config, connector, url_params))
+    }
+
+    /// Whether PgBouncer mode is on: the builder's setting, else the URL's.
+    fn pgbouncer_mode(&self, from_url: Option<&str>) -> Result<bool, PgError> {
+        match (self.pgbouncer, from_url) {
+            (Some(yes), _) => Ok(yes),
+            (None, None) => Ok(false),
+            (None, Some("true" | "1" | "on" | "yes")) => Ok(true),
+            (None, Some("false" | "0" | "off" | "no")) => Ok(false),
+            (None, Some(other)) => Err(PgError::InvalidUrl(format!("pgbouncer={other:?} is not true or false"))),
+        }
+    }
+
+    fn check(&self) -> Result<(SchemaName, tokio_postgres::Config, Connector, bool), PgError> {
+        let schema = SchemaName::parse(&self.schema).map_err(PgError::InvalidSchema)?;
+        let (config, connector, url_params) = self.target(&self.url)?;
+        let pgbouncer = self.pgbouncer_mode(url_params.pgbouncer.as_deref())?;
+        if pgbouncer && self.statement_timeout.is_some() {
+            return Err(PgError::InvalidSetting(
+                "statement_timeout is sent as a session setting, which PgBouncer transaction pooling cannot carry; set it on the role instead (ALTER ROLE ... SET statement_timeout = ...)".into(),
+            ));
+        }
         if self.pool_size == 0 {
             return Err(PgError::InvalidSetting("pool_size must be at least 1".into()));
         }
@@ -273,7 +329,32 @@ impl PgProviderBuilder {
         if self.engine.limits.max_payload_bytes == 0 {
             return Err(PgError::InvalidSetting("max_payload_bytes must be above zero".into()));
         }
-        Ok((schema, config, connector))
+        Ok((schema, config, connector, pgbouncer))
+    }
+
+    /// The manager for the listening connection: the direct `listen_url`
+    /// when given; none behind PgBouncer without one; else the main one.
+    fn listener_manager(&self, main: &ConnectionManager) -> Result<Option<ConnectionManager>, PgError> {
+        match (&self.listen_url, main.pgbouncer()) {
+            (Some(url), _) => {
+                let (config, connector, _) = self.target(url)?;
+                Ok(Some(ConnectionManager::new(
+                    config,
+                    connector,
+                    self.connect_timeout,
+                    None,
+                    false,
+                )))
+            }
+            (None, true) => {
+                tracing::info!(
+                    target = %main.target(),
+                    "PgBouncer mode without a listen_url: LISTEN cannot work through transaction pooling, so idle fetchers look for work every 50 ms instead of being woken across processes; give PgProviderBuilder::listen_url a direct connection to restore instant wake-ups"
+                );
+                Ok(None)
+            }
+            (None, false) => Ok(Some(main.clone())),
+        }
     }
 
     /// Validate the settings, connect (bounded by the connect timeout),
@@ -284,8 +365,15 @@ impl PgProviderBuilder {
     /// connection is made), the connection string, the target `host:port`, or
     /// the schema's migration state.
     pub async fn build(self) -> Result<PgProvider, PgError> {
-        let (schema, config, connector) = self.check()?;
-        let manager = ConnectionManager::new(config, connector, self.connect_timeout, self.statement_timeout);
+        let (schema, config, connector, pgbouncer) = self.check()?;
+        let manager = ConnectionManager::new(
+            config,
+            connector,
+            self.connect_timeout,
+            self.statement_timeout,
+            pgbouncer,
+        );
+        let listener = self.listener_manager(&manager)?;
         let first = manager.open().await.map_err(|e| PgError::Connect {
             target: manager.target(),
             detail: e.to_string(),
@@ -311,6 +399,7 @@ impl PgProviderBuilder {
         let store = PgStore::new(
             pool,
             manager,
+            listener,
             schema,
             self.engine.retry,
             self.completion_window,

@@ -38,9 +38,11 @@
 
 mod builder;
 pub mod engine;
+pub mod metrics;
 pub mod pg;
 pub mod retry;
 pub mod store;
+mod trace;
 
 pub use builder::{PgError, PgProviderBuilder, DEFAULT_COMPLETION_WINDOW, DEFAULT_SCHEMA};
 pub use duropg_core as core;

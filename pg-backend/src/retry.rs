@@ -1,6 +1,13 @@
 //! The one retry loop. Every store call the engine makes goes through
 //! [`RetryPolicy::run`]; nothing else in duropg retries.
+//!
+//! Each retry is a `DEBUG` event (target `duropg`) carrying the operation,
+//! the attempt, the fault's class and its SQLSTATE (or kind), and counts in
+//! [`RETRIES_TOTAL`](crate::metrics::RETRIES_TOTAL); retries that run out
+//! are a `WARN` event and [`RETRIES_EXHAUSTED_TOTAL`](crate::metrics::RETRIES_EXHAUSTED_TOTAL).
+//! The attempts a call took are recorded on its span (see [`crate::trace`]).
 
+use crate::{metrics, trace};
 use duropg_core::fault::{classify, Class, Classifier};
 use duropg_core::StoreFault;
 use std::future::Future;
@@ -127,23 +134,40 @@ impl RetryPolicy {
         let mut attempt: u32 = 1;
         loop {
             let fault = match op().await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    trace::record_attempts(attempt);
+                    return Ok(v);
+                }
                 Err(fault) => fault,
             };
-            let class = match classify(&fault) {
+            let found = classify(&fault);
+            let class = match found {
                 Class::Ambiguous if ambiguous_is_retryable => Class::Retryable,
                 class => class,
             };
             let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let exhausted = attempt >= self.max_attempts.max(1) || elapsed_ms >= self.budget_ms;
             if class != Class::Retryable || exhausted {
+                trace::record_attempts(attempt);
                 if class == Class::Retryable {
-                    tracing::warn!(operation, attempt, elapsed_ms, %fault, "retries exhausted");
+                    let sqlstate = metrics::fault_label(&fault);
+                    tracing::warn!(operation, attempt, elapsed_ms, %sqlstate, %fault, "retries exhausted");
+                    metrics::retries_exhausted(operation, &fault);
                 }
                 return Err(fault);
             }
             let wait_ms = self.backoff_ms(attempt);
-            tracing::debug!(operation, attempt, wait_ms, %fault, "retryable storage fault; retrying");
+            let sqlstate = metrics::fault_label(&fault);
+            tracing::debug!(
+                operation,
+                attempt,
+                wait_ms,
+                class = found.as_str(),
+                %sqlstate,
+                %fault,
+                "retryable storage fault; retrying"
+            );
+            metrics::retried(operation, found, &fault);
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
             attempt += 1;
         }
@@ -208,6 +232,55 @@ mod tests {
             assert_eq!(got, Err(fault));
             assert_eq!(calls.load(Ordering::SeqCst), 1);
         }
+    }
+
+    /// Each retry is counted by operation, class and SQLSTATE; running out
+    /// is counted too.
+    #[test]
+    fn retries_are_counted_by_class_and_sqlstate() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        ::metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let calls = AtomicU32::new(0);
+                let policy = RetryPolicy {
+                    max_attempts: 3,
+                    ..RetryPolicy::default()
+                };
+                let got: Result<(), _> = policy
+                    .run("ack_work_item", || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        async { Err(deadlock()) }
+                    })
+                    .await;
+                assert!(got.is_err());
+            })
+        });
+        let text = handle.render();
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+                .to_string()
+        };
+        let retried = line(crate::metrics::RETRIES_TOTAL);
+        for label in [
+            "operation=\"ack_work_item\"",
+            "class=\"retryable\"",
+            "sqlstate=\"40P01\"",
+        ] {
+            assert!(retried.contains(label), "{retried}");
+        }
+        assert!(
+            retried.ends_with(" 2"),
+            "two retries before the third attempt failed: {retried}"
+        );
+        assert!(line(crate::metrics::RETRIES_EXHAUSTED_TOTAL).ends_with(" 1"));
     }
 
     #[tokio::test(start_paused = true)]

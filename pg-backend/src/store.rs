@@ -287,10 +287,11 @@ pub trait Store: Send + Sync + 'static {
     /// completion, in one transaction.
     async fn complete_work_item(&self, lock_token: &str, completion: Option<&OrchRow>) -> Result<Guarded, StoreFault>;
 
-    /// Whether an activity ack with this token committed (recently). Asked
-    /// only after an ack whose outcome was unknown was rerun and found the
-    /// activity gone; a store that cannot lose replies never needs it.
-    async fn work_settled(&self, _lock_token: &str) -> Result<bool, StoreFault> {
+    /// Whether an ack or abandon under this lock token committed
+    /// (recently): each records its token in the same transaction. Asked
+    /// only after a write whose outcome was unknown was rerun and found its
+    /// lock gone; a store that cannot lose replies never needs it.
+    async fn token_settled(&self, _lock_token: &str) -> Result<bool, StoreFault> {
         Ok(false)
     }
 

@@ -207,9 +207,19 @@ fn audit_one(
         }
         Class::Ambiguous => {
             let learned = matches!(fault, StoreFault::CommitOutcomeUnknown { xid: Some(_), .. });
-            // Claims are idempotent by their lock token: the documented
-            // remedy for an unknown outcome is to run them again.
-            let by_token = matches!(op, "claim_instance" | "claim_work_item");
+            // Claims, acks and abandons are idempotent by their lock token:
+            // the documented remedy for an unknown outcome is to run them
+            // again (an ack or abandon that finds its lock gone then asks
+            // whether its token settled).
+            let by_token = matches!(
+                op,
+                "claim_instance"
+                    | "claim_work_item"
+                    | "apply_turn"
+                    | "complete_work_item"
+                    | "abandon_work_item"
+                    | "abandon_instance"
+            );
             let ok = if learned && !by_token {
                 treatment == Treatment::Resolved
             } else if by_token {

@@ -535,4 +535,8 @@ impl Store for NetStore {
     async fn commit_status(&self, xid: u64) -> Result<CommitStatus, StoreFault> {
         want!(self.call(Request::CommitStatus(xid)).await, "commit_status", Response::Commit(c) => c)
     }
+
+    async fn token_settled(&self, lock_token: &str) -> Result<bool, StoreFault> {
+        want!(self.call(Request::TokenSettled(lock_token.to_string())).await, "token_settled", Response::Count(n) => n > 0)
+    }
 }

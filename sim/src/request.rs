@@ -39,6 +39,7 @@ pub enum Request {
     KvAll(String),
     InstanceStats(String),
     CommitStatus(u64),
+    TokenSettled(String),
 }
 
 /// A store call's successful result.
@@ -101,6 +102,19 @@ impl Request {
             Request::KvAll(_) => "kv_all",
             Request::InstanceStats(_) => "instance_stats",
             Request::CommitStatus(_) => "commit_status",
+            Request::TokenSettled(_) => "token_settled",
+        }
+    }
+
+    /// The lock token a write records as settled when it applies (acks and
+    /// abandons; see `settled_tokens` in `pg-backend/src/pg/sql.rs`).
+    pub fn settles(&self) -> Option<&str> {
+        match self {
+            Request::ApplyTurn(plan) => Some(&plan.lock_token),
+            Request::AbandonInstance(token, ..)
+            | Request::CompleteWorkItem(token, _)
+            | Request::AbandonWorkItem(token, ..) => Some(token),
+            _ => None,
         }
     }
 
@@ -131,7 +145,8 @@ impl Request {
             | Request::KvValue(..)
             | Request::KvAll(_)
             | Request::InstanceStats(_)
-            | Request::CommitStatus(_) => Shape::Read,
+            | Request::CommitStatus(_)
+            | Request::TokenSettled(_) => Shape::Read,
             Request::RenewInstanceLock(..)
             | Request::RenewWorkItem(..)
             | Request::RenewSessions(..)

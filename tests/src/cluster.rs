@@ -105,6 +105,38 @@ impl Cluster {
         self.ctl(&["restart", "-m", "immediate", "-w", "-t", "60"]).await;
     }
 
+    /// A streaming-replication standby of `primary` (`pg_basebackup -R`),
+    /// started on a port of its own, reporting as `application_name`
+    /// (name it in the primary's `synchronous_standby_names` to make every
+    /// commit wait for it).
+    pub async fn standby_of(primary: &Cluster, application_name: &str) -> Self {
+        let n = CLUSTER_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("duropg-pg-{}-{n}", std::process::id()));
+        let standby = Self {
+            layout: Layout {
+                dir,
+                port: free_port(),
+                bindir: primary.layout.bindir.clone(),
+            },
+        };
+        let (layout, primary_port, name) = (standby.layout.clone(), primary.port(), application_name.to_string());
+        tokio::task::spawn_blocking(move || layout.init_standby(primary_port, &name))
+            .await
+            .expect("standby setup thread");
+        standby.ctl(&["start", "-w", "-t", "60"]).await;
+        standby
+    }
+
+    /// Stop at once, without a checkpoint — a crash of the primary.
+    pub async fn stop_immediate(&self) {
+        self.ctl(&["stop", "-m", "immediate", "-w"]).await;
+    }
+
+    /// Promote a standby to primary, waiting until it accepts writes.
+    pub async fn promote(&self) {
+        self.ctl(&["promote", "-w", "-t", "60"]).await;
+    }
+
     /// A superuser connection (panics if the cluster does not answer).
     pub async fn admin(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
@@ -184,6 +216,42 @@ impl Layout {
             let new = format!("{}\n{old}", options.hba_first.join("\n"));
             std::fs::write(&hba, new).expect("write pg_hba.conf");
         }
+    }
+
+    /// Synchronous part of a standby's start-up: a base backup of the
+    /// primary with recovery settings (`-R`), then its own port and socket.
+    fn init_standby(&self, primary_port: u16, application_name: &str) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).expect("create standby dir");
+        give_to_server_user(&self.dir);
+        let data = self.dir.join("data");
+        let port = primary_port.to_string();
+        let args = [
+            "-D",
+            &path_str(&data),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+        ];
+        run_checked(
+            as_server_user(&self.bindir.join("pg_basebackup"), &args).current_dir(&self.dir),
+            "pg_basebackup",
+        );
+        let conf = [
+            format!("port = {}", self.port),
+            format!("unix_socket_directories = '{}'", path_str(&self.dir)),
+            format!(
+                "primary_conninfo = 'host=127.0.0.1 port={primary_port} user=postgres application_name={application_name}'"
+            ),
+        ];
+        append(&data.join("postgresql.auto.conf"), &conf.join("\n"));
     }
 
     /// Copy the certificate and key where the server user owns them (the
@@ -270,7 +338,7 @@ fn running_as_root() -> bool {
 }
 
 /// `program args…`, as the `postgres` OS user when running as root.
-fn as_server_user<S: AsRef<std::ffi::OsStr>>(program: &Path, args: &[S]) -> Command {
+pub(crate) fn as_server_user<S: AsRef<std::ffi::OsStr>>(program: &Path, args: &[S]) -> Command {
     if running_as_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program).args(args);
@@ -282,7 +350,7 @@ fn as_server_user<S: AsRef<std::ffi::OsStr>>(program: &Path, args: &[S]) -> Comm
     }
 }
 
-fn give_to_server_user(path: &Path) {
+pub(crate) fn give_to_server_user(path: &Path) {
     if running_as_root() {
         run_checked(
             Command::new("chown").args(["postgres:postgres", &path_str(path)]),

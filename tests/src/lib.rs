@@ -8,6 +8,8 @@
 
 pub mod cluster;
 pub mod nodes;
+pub mod pgbouncer;
+pub mod proxy;
 pub mod recorder;
 pub mod scale;
 pub mod wiring;
@@ -110,7 +112,19 @@ impl TestSchema {
 
     /// A builder for a provider on this schema with a small pool.
     pub fn builder(&self) -> PgProviderBuilder {
-        PgProvider::builder(&database_url()).schema(&self.name).pool_size(3)
+        self.builder_for(&Target::direct())
+    }
+
+    /// A builder for a provider on this schema reached through `target`.
+    pub fn builder_for(&self, target: &Target) -> PgProviderBuilder {
+        let mut b = PgProvider::builder(&target.url).schema(&self.name).pool_size(3);
+        if target.pgbouncer {
+            b = b.pgbouncer(true);
+        }
+        if let Some(url) = &target.listen_url {
+            b = b.listen_url(url);
+        }
+        b
     }
 
     /// A provider on this schema with test defaults.
@@ -144,6 +158,28 @@ impl Drop for TestSchema {
     }
 }
 
+/// Where a factory's providers connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The connection string.
+    pub url: String,
+    /// PgBouncer transaction pooling in between.
+    pub pgbouncer: bool,
+    /// A direct connection string for `LISTEN`, if any.
+    pub listen_url: Option<String>,
+}
+
+impl Target {
+    /// The test server, directly ([`database_url`]).
+    pub fn direct() -> Self {
+        Self {
+            url: database_url(),
+            pgbouncer: false,
+            listen_url: None,
+        }
+    }
+}
+
 /// duroxide's `ProviderFactory` for duropg. Like duroxide's own SQLite
 /// factory, every `create_provider` call gets an isolated store: a fresh
 /// schema. The test hooks act on every schema the factory created.
@@ -152,18 +188,25 @@ pub struct PgFactory {
     schemas: std::sync::Mutex<Vec<TestSchema>>,
     long_poll: bool,
     lock_timeout: Duration,
+    target: Target,
 }
 
 impl PgFactory {
     /// A factory; long polling off (the suite's short-poll expectations)
     /// unless `long_poll`.
     pub fn new(label: &str, long_poll: bool) -> Self {
+        Self::through(label, long_poll, Target::direct())
+    }
+
+    /// A factory whose providers connect through `target`.
+    pub fn through(label: &str, long_poll: bool, target: Target) -> Self {
         init_tracing();
         Self {
             label: label.to_string(),
             schemas: std::sync::Mutex::new(Vec::new()),
             long_poll,
             lock_timeout: Duration::from_secs(2),
+            target,
         }
     }
 
@@ -178,7 +221,7 @@ impl PgFactory {
     /// A concrete provider on a fresh schema.
     pub async fn pg_provider(&self) -> PgProvider {
         let schema = TestSchema::new(&self.label);
-        let provider = match schema.builder().long_poll(self.long_poll).build().await {
+        let provider = match schema.builder_for(&self.target).long_poll(self.long_poll).build().await {
             Ok(p) => p,
             Err(e) => panic!("{}", no_postgres(&e.to_string())),
         };
@@ -271,9 +314,23 @@ impl RuntimeHarness {
         orchestrations: duroxide::OrchestrationRegistry,
         options: duroxide::runtime::RuntimeOptions,
     ) -> Self {
+        Self::start_through(label, &Target::direct(), activities, orchestrations, options).await
+    }
+
+    /// Start a runtime on a fresh schema reached through `target`.
+    pub async fn start_through(
+        label: &str,
+        target: &Target,
+        activities: duroxide::runtime::registry::ActivityRegistry,
+        orchestrations: duroxide::OrchestrationRegistry,
+        options: duroxide::runtime::RuntimeOptions,
+    ) -> Self {
         init_tracing();
         let schema = TestSchema::new(label);
-        let provider = Arc::new(schema.provider().await);
+        let provider = match schema.builder_for(target).build().await {
+            Ok(p) => Arc::new(p),
+            Err(e) => panic!("{}", no_postgres(&e.to_string())),
+        };
         let runtime =
             duroxide::runtime::Runtime::start_with_options(provider.clone(), activities, orchestrations, options).await;
         let client = duroxide::Client::new(provider.clone());

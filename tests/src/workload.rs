@@ -1,13 +1,14 @@
-//! The workload of the real-fault tests: orchestrations that chain five
-//! activities, a log of every activity run (to count duplicate runs), and
-//! the check that every orchestration ended exactly once with the right output.
+//! The workload of the real-fault tests and the chaos command: orchestrations
+//! that chain five activities, a log of every activity run (to count
+//! duplicate runs and stalls), and the check that every orchestration ended
+//! exactly once with the right output.
 
 use duroxide::providers::Provider;
 use duroxide::runtime::registry::ActivityRegistry;
 use duroxide::{ActivityContext, EventKind, OrchestrationContext, OrchestrationRegistry, OrchestrationStatus};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Activities per orchestration.
 pub const STEPS: u64 = 5;
@@ -23,18 +24,36 @@ pub fn expected_output(n: u64) -> String {
 /// How often each (instance, step) activity ran.
 pub type RunCounts = HashMap<(String, u64), u32>;
 
-/// Every activity run, keyed by (instance, step). Shared by the activities
-/// of one process.
+/// Every activity run, keyed by (instance, step), and when each started.
+/// Shared by the activities of one process.
 #[derive(Debug, Clone, Default)]
 pub struct RunLog {
     runs: Arc<Mutex<HashMap<(String, u64), u32>>>,
+    starts: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl RunLog {
     fn record(&self, instance: &str, step: u64) {
+        let now = Instant::now();
         if let Ok(mut runs) = self.runs.lock() {
             *runs.entry((instance.to_string(), step)).or_insert(0) += 1;
         }
+        if let Ok(mut starts) = self.starts.lock() {
+            starts.push(now);
+        }
+    }
+
+    /// Activity runs in all.
+    pub fn total_runs(&self) -> u64 {
+        self.counts().values().map(|n| u64::from(*n)).sum()
+    }
+
+    /// The longest time between two consecutive activity starts (zero with
+    /// fewer than two runs): how long the whole run made no progress at most.
+    pub fn longest_start_gap(&self) -> Duration {
+        let mut starts = self.starts.lock().map(|s| s.clone()).unwrap_or_default();
+        starts.sort_unstable();
+        starts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(Duration::ZERO)
     }
 
     /// Every (instance, step) and how often it ran.
@@ -55,6 +74,12 @@ pub fn duplicate_runs(counts: &RunCounts) -> u64 {
 
 /// The `Step` activity: input `"step:acc"`, output `acc + step`; each run logged.
 pub fn activities(log: RunLog) -> ActivityRegistry {
+    activities_taking(log, Duration::ZERO)
+}
+
+/// The `Step` activity of [`activities`], each run taking `work` (a sleep)
+/// after it is logged.
+pub fn activities_taking(log: RunLog, work: Duration) -> ActivityRegistry {
     ActivityRegistry::builder()
         .register("Step", move |ctx: ActivityContext, input: String| {
             let log = log.clone();
@@ -63,6 +88,9 @@ pub fn activities(log: RunLog) -> ActivityRegistry {
                 let step: u64 = step.parse().map_err(|e| format!("bad step: {e}"))?;
                 let acc: u64 = acc.parse().map_err(|e| format!("bad acc: {e}"))?;
                 log.record(ctx.instance_id(), step);
+                if !work.is_zero() {
+                    tokio::time::sleep(work).await;
+                }
                 Ok((acc + step).to_string())
             }
         })
@@ -155,6 +183,40 @@ pub async fn check_all(
         }
     }
     outcome
+}
+
+/// Where each orchestration of a run stands, without waiting.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Completed with the right output, history exactly right.
+    pub correct: u64,
+    /// Completed with a wrong output or history.
+    pub wrong: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Not terminal (or unreadable).
+    pub stuck: u64,
+}
+
+/// Sort each of the run's `count` orchestrations into a [`Tally`] as they
+/// stand now.
+pub async fn tally(client: &duroxide::Client, provider: &dyn Provider, label: &str, count: u64) -> Tally {
+    let mut t = Tally::default();
+    for n in 0..count {
+        let id = instance_id(label, n);
+        match client.get_orchestration_status(&id).await {
+            Ok(OrchestrationStatus::Completed { output, .. }) => {
+                if output == expected_output(n) && history_problem(provider, &id).await.is_none() {
+                    t.correct += 1;
+                } else {
+                    t.wrong += 1;
+                }
+            }
+            Ok(OrchestrationStatus::Failed { .. }) => t.failed += 1,
+            _ => t.stuck += 1,
+        }
+    }
+    t
 }
 
 /// What is wrong with an instance's history, if anything.

@@ -492,3 +492,66 @@ async fn tls_require_and_verify_full_work_and_an_unverifiable_certificate_is_ref
         .expect_err("no root");
     assert!(no_root.to_string().contains("sslrootcert"), "{no_root}");
 }
+
+/// `sslmode=prefer` (the default) does as libpq: TLS when the server offers
+/// it, plaintext when it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_prefer_encrypts_when_offered_and_falls_back_when_not() {
+    let certs = TestCerts::generate();
+    let with_tls = Cluster::start_with(ClusterOptions {
+        tls: Some(certs.server()),
+        ..Default::default()
+    })
+    .await;
+    let p = PgProvider::builder(&tls_url("127.0.0.1", &with_tls, "sslmode=prefer"))
+        .pool_size(1)
+        .build()
+        .await
+        .expect("sslmode=prefer against a TLS server");
+    p.enqueue_for_orchestrator(start("prefer-1", "x"), None).await.unwrap();
+    let backends = tls_backends(&with_tls).await;
+    assert!(
+        !backends.is_empty() && backends.iter().all(|encrypted| *encrypted),
+        "prefer took TLS when offered: {backends:?}"
+    );
+    drop(p);
+    let plain = Cluster::start().await;
+    let p = PgProvider::builder(&plain.url())
+        .pool_size(1)
+        .build()
+        .await
+        .expect("the default (prefer) against a server without TLS");
+    p.enqueue_for_orchestrator(start("prefer-2", "x"), None).await.unwrap();
+    let backends = tls_backends(&plain).await;
+    assert!(
+        !backends.is_empty() && backends.iter().all(|encrypted| !*encrypted),
+        "prefer fell back to plaintext: {backends:?}"
+    );
+}
+
+/// `sslrootcert=system` verifies against the platform's CA store: a
+/// certificate from the tests' private CA is refused, by its issuer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verify_full_can_use_the_system_roots() {
+    assert!(
+        !duropg::pg::tls::system_roots().expect("system roots").is_empty(),
+        "the system CA store is readable"
+    );
+    let certs = TestCerts::generate();
+    let cluster = Cluster::start_with(ClusterOptions {
+        tls: Some(certs.server()),
+        ..Default::default()
+    })
+    .await;
+    let err = PgProvider::builder(&tls_url(
+        "localhost",
+        &cluster,
+        "sslmode=verify-full&sslrootcert=system",
+    ))
+    .pool_size(1)
+    .build()
+    .await
+    .expect_err("the private test CA is not a system root");
+    let text = err.to_string();
+    assert!(text.contains("UnknownIssuer"), "{text}");
+}

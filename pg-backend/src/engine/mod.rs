@@ -25,6 +25,7 @@ mod orchestration;
 mod provider;
 mod worker;
 
+use crate::metrics;
 use crate::retry::RetryPolicy;
 use crate::store::{CommitStatus, Guarded, QueueKind, Store};
 use duropg_core::fault::{classify, provider_error, Classifier};
@@ -37,6 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// Where lock tokens come from. Randomness is an input: production uses
 /// UUIDv4, the simulator a seeded generator.
@@ -118,8 +120,8 @@ impl Default for EngineConfig {
     }
 }
 
-/// Lock tokens whose write's outcome could not be resolved, with the
-/// transaction id to ask about when the runtime retries. Bounded.
+/// Lock tokens whose write's outcome could not be resolved, so the
+/// runtime's retry of the call resolves it by token. Bounded.
 const MAX_UNRESOLVED: usize = 1024;
 
 /// Leases this process handed out and has not yet acked or abandoned,
@@ -135,7 +137,7 @@ pub struct Engine<S: Store> {
     tokens: Arc<dyn TokenSource>,
     classify: Classifier,
     spawn: Spawner,
-    unresolved: Mutex<HashMap<String, u64>>,
+    unresolved: Mutex<std::collections::HashSet<String>>,
     leases: Mutex<HashMap<String, Lease>>,
     empty: Mutex<HashMap<String, EmptyMark>>,
     stats: FetchStats,
@@ -215,7 +217,7 @@ impl<S: Store> Engine<S> {
             tokens,
             classify,
             spawn: tokio_spawner(),
-            unresolved: Mutex::new(HashMap::new()),
+            unresolved: Mutex::new(std::collections::HashSet::new()),
             leases: Mutex::new(HashMap::new()),
             empty: Mutex::new(HashMap::new()),
             stats: FetchStats::default(),
@@ -280,15 +282,19 @@ impl<S: Store> Engine<S> {
 
     /// Run a guarded write under the retry policy — bounded by the time left
     /// on the lease it serves, when this process handed that lease out —
-    /// resolving a lost COMMIT reply before deciding anything: committed
-    /// means applied, aborted means run it again.
+    /// resolving an unknown outcome by its lock token, never by guessing.
     ///
-    /// A reply lost before the transaction id was learned (an activity ack
-    /// is one round trip) is resolved by the token: the write is rerun, and
-    /// a rerun that finds its lock gone asks the store whether a write with
-    /// this token settled ([`Store::work_settled`]). An outcome that stays
-    /// unknown is remembered against the lock token, so a later call with
-    /// the same token can still learn it.
+    /// Every guarded write (a turn, an activity ack, an abandon) records its
+    /// token in the store when it applies. When its outcome is unknown (the
+    /// reply to `COMMIT` was lost, or an error came back in its place) the
+    /// write is rerun: if the first attempt did not commit, the rerun
+    /// applies it; if it did, the rerun finds its lock gone and asks the
+    /// store whether the token settled ([`Store::token_settled`]), which
+    /// says Applied. A transaction id is not asked about here: after a
+    /// failover the new primary reuses the ids of transactions that never
+    /// reached it, so `txid_status` could call a lost write committed.
+    /// An outcome that stays unknown past the retries is remembered against
+    /// the token, so the runtime's own retry of the call resolves it too.
     async fn write<F, Fut>(
         &self,
         operation: &'static str,
@@ -300,26 +306,37 @@ impl<S: Store> Engine<S> {
         Fut: Future<Output = Result<Guarded, StoreFault>>,
     {
         let policy = self.lease_policy(lock_token);
-        let mut resolving = false;
+        let mut resolving = self.take_unresolved(lock_token);
+        let mut reruns = 0;
         loop {
-            match self
-                .resolved(policy, operation, Some(lock_token), Guarded::Applied, &mut op)
-                .await
-            {
+            match policy.run_classified(self.classify, operation, &mut op).await {
                 Ok(Guarded::NotHeld) if resolving => {
                     let settled = policy
-                        .run_classified(self.classify, operation, || self.store.work_settled(lock_token))
+                        .run_classified(self.classify, operation, || self.store.token_settled(lock_token))
                         .await
                         .map_err(|fault| self.fault_error(operation, &fault))?;
-                    tracing::info!(operation, settled, "rerun after an unknown outcome found its lock gone");
+                    tracing::debug!(operation, settled, "rerun after an unknown outcome found its lock gone");
+                    metrics::ambiguous_resolved(operation, if settled { "settled" } else { "not_settled" });
                     return Ok(if settled { Guarded::Applied } else { Guarded::NotHeld });
                 }
-                Ok(outcome) => return Ok(outcome),
-                Err(StoreFault::CommitOutcomeUnknown { xid: None, detail }) if !resolving => {
-                    tracing::info!(operation, %detail, "outcome unknown without a transaction id; rerunning by token");
-                    resolving = true;
+                Ok(outcome) => {
+                    if resolving {
+                        metrics::ambiguous_resolved(operation, "rerun_applied");
+                    }
+                    return Ok(outcome);
                 }
-                Err(fault) => return Err(self.fault_error(operation, &fault)),
+                Err(fault @ StoreFault::CommitOutcomeUnknown { .. }) if reruns < policy.max_attempts => {
+                    tracing::debug!(operation, %fault, "outcome unknown; rerunning by lock token");
+                    resolving = true;
+                    reruns += 1;
+                }
+                Err(fault) => {
+                    if resolving || matches!(fault, StoreFault::CommitOutcomeUnknown { .. }) {
+                        metrics::ambiguous_resolved(operation, "unresolved");
+                        self.remember_unresolved(lock_token);
+                    }
+                    return Err(self.fault_error(operation, &fault));
+                }
             }
         }
     }
@@ -332,18 +349,18 @@ impl<S: Store> Engine<S> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(), StoreFault>>,
     {
-        self.resolved(self.config.retry, operation, None, (), op)
+        self.resolved(self.config.retry, operation, (), op)
             .await
             .map_err(|fault| self.fault_error(operation, &fault))
     }
 
-    /// The loop behind [`Engine::write`] and [`Engine::write_once`]:
+    /// The loop behind [`Engine::write_once`]: a lost `COMMIT` reply is
+    /// resolved by the transaction id the write learned before `COMMIT`;
     /// `committed` is the result of a write the store says committed.
     async fn resolved<T, F, Fut>(
         &self,
         policy: RetryPolicy,
         operation: &'static str,
-        lock_token: Option<&str>,
         committed: T,
         mut op: F,
     ) -> Result<T, StoreFault>
@@ -361,23 +378,26 @@ impl<S: Store> Engine<S> {
                 StoreFault::CommitOutcomeUnknown { xid: Some(xid), .. } => *xid,
                 _ => return Err(fault),
             };
+            let sqlstate = metrics::fault_label(&fault);
             match self.commit_status(operation, xid).await {
                 CommitStatus::Committed => {
-                    tracing::info!(operation, xid, "commit reply was lost; the transaction committed");
+                    tracing::debug!(operation, xid, %sqlstate, "commit reply was lost; the transaction committed");
+                    metrics::ambiguous_resolved(operation, "committed");
                     return Ok(committed);
                 }
                 CommitStatus::Aborted if reruns < policy.max_attempts => {
-                    tracing::info!(
+                    tracing::debug!(
                         operation,
                         xid,
+                        %sqlstate,
                         "commit reply was lost; the transaction aborted, rerunning"
                     );
+                    metrics::ambiguous_resolved(operation, "aborted");
                     reruns += 1;
                 }
-                _ => {
-                    if let Some(token) = lock_token {
-                        self.remember_unresolved(token, xid);
-                    }
+                status => {
+                    tracing::warn!(operation, xid, %sqlstate, ?status, "commit reply was lost; its outcome stays unknown");
+                    metrics::ambiguous_resolved(operation, "unresolved");
                     return Err(fault);
                 }
             }
@@ -411,6 +431,7 @@ impl<S: Store> Engine<S> {
     async fn detached_claim<T, C, CF, R, RF>(
         &self,
         operation: &'static str,
+        queue: QueueKind,
         claim: C,
         release: R,
     ) -> Result<Option<T>, ProviderError>
@@ -424,15 +445,23 @@ impl<S: Store> Engine<S> {
         let store = Arc::clone(&self.store);
         let (policy, classify) = (self.config.retry, self.classify);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        (self.spawn)(Box::pin(async move {
-            let outcome = policy
-                .run_idempotent(classify, operation, || claim(Arc::clone(&store)))
-                .await;
-            if let Err(Ok(Some(_))) = tx.send(outcome) {
-                tracing::debug!(operation, "the fetch was dropped during its claim; releasing the claim");
-                release(store).await;
+        // The claim's retries are events of the fetch's span.
+        let span = tracing::Span::current();
+        (self.spawn)(Box::pin(
+            async move {
+                let outcome = policy
+                    .run_idempotent(classify, operation, || claim(Arc::clone(&store)))
+                    .await;
+                if let Ok(found) = &outcome {
+                    metrics::claimed(metrics::queue_label(queue), found.is_some());
+                }
+                if let Err(Ok(Some(_))) = tx.send(outcome) {
+                    tracing::debug!(operation, "the fetch was dropped during its claim; releasing the claim");
+                    release(store).await;
+                }
             }
-        }));
+            .instrument(span),
+        ));
         match rx.await {
             Ok(outcome) => outcome.map_err(|fault| self.fault_error(operation, &fault)),
             Err(_) => Err(ProviderError::retryable(
@@ -501,26 +530,20 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    fn remember_unresolved(&self, lock_token: &str, xid: u64) {
-        if let Ok(mut map) = self.unresolved.lock() {
-            if map.len() >= MAX_UNRESOLVED {
-                map.clear();
+    /// Remember that a write under this token ended with its outcome unknown.
+    fn remember_unresolved(&self, lock_token: &str) {
+        if let Ok(mut set) = self.unresolved.lock() {
+            if set.len() >= MAX_UNRESOLVED {
+                set.clear();
             }
-            map.insert(lock_token.to_string(), xid);
+            set.insert(lock_token.to_string());
         }
     }
 
-    /// When an earlier write with this token ended with an unknown outcome,
-    /// find out now: `true` if it did commit (the caller's retry is already done).
-    async fn earlier_write_committed(&self, operation: &'static str, lock_token: &str) -> bool {
-        let xid = match self.unresolved.lock() {
-            Ok(mut map) => map.remove(lock_token),
-            Err(_) => None,
-        };
-        match xid {
-            Some(xid) => self.commit_status(operation, xid).await == CommitStatus::Committed,
-            None => false,
-        }
+    /// Whether an earlier write under this token ended with its outcome
+    /// unknown (forgetting it): the next write with it resolves by token.
+    fn take_unresolved(&self, lock_token: &str) -> bool {
+        self.unresolved.lock().is_ok_and(|mut set| set.remove(lock_token))
     }
 
     /// Whether a look for `claim_key` on `queue` is known to find nothing:

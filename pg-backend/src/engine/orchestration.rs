@@ -71,6 +71,7 @@ impl<S: Store> Engine<S> {
             let Some(batch) = self
                 .detached_claim(
                     OP,
+                    QueueKind::Orchestrator,
                     move |store: Arc<S>| {
                         let claim = claim.clone();
                         async move { store.claim_instance(&claim).await }
@@ -117,9 +118,6 @@ impl<S: Store> Engine<S> {
         cancelled_activities: Vec<ScheduledActivityIdentifier>,
     ) -> Result<(), ProviderError> {
         const OP: &str = "ack_orchestration_item";
-        if self.earlier_write_committed(OP, lock_token).await {
-            return Ok(());
-        }
         let input = AckInput {
             execution_id,
             history_delta,

@@ -1,8 +1,10 @@
-//! `impl Provider for Engine`: a thin layer naming each duroxide call and
-//! delegating to the engine's path modules.
+//! `impl Provider for Engine`: a thin layer naming each duroxide call,
+//! opening its span (see [`crate::trace`]) and delegating to the engine's
+//! path modules.
 
 use super::Engine;
 use crate::store::Store;
+use crate::trace::{call_span, traced, traced_with};
 use async_trait::async_trait;
 use duroxide::providers::{
     DispatcherCapabilityFilter, ExecutionMetadata, OrchestrationItem, Provider, ProviderAdmin, ProviderError,
@@ -11,6 +13,20 @@ use duroxide::providers::{
 use duroxide::{Event, SystemStats};
 use std::collections::HashMap;
 use std::time::Duration;
+use tracing::Span;
+
+/// The outcome of a fetch: `ok` with its instance and delivery attempt
+/// recorded, or `empty`.
+fn fetched<T>(span: &Span, found: &Option<(T, String, u32)>, instance: impl Fn(&T) -> &str) -> &'static str {
+    match found {
+        Some((item, _, attempt)) => {
+            span.record("instance", instance(item));
+            span.record("delivery_attempt", *attempt);
+            "ok"
+        }
+        None => "empty",
+    }
+}
 
 #[async_trait]
 impl<S: Store> Provider for Engine<S> {
@@ -28,7 +44,12 @@ impl<S: Store> Provider for Engine<S> {
         poll_timeout: Duration,
         filter: Option<&DispatcherCapabilityFilter>,
     ) -> Result<Option<(OrchestrationItem, String, u32)>, ProviderError> {
-        self.fetch_orchestration(lock_timeout, poll_timeout, filter).await
+        traced_with(
+            call_span!("fetch_orchestration_item"),
+            self.fetch_orchestration(lock_timeout, poll_timeout, filter),
+            |span, found| fetched(span, found, |item: &OrchestrationItem| &item.instance),
+        )
+        .await
     }
 
     async fn ack_orchestration_item(
@@ -41,14 +62,19 @@ impl<S: Store> Provider for Engine<S> {
         metadata: ExecutionMetadata,
         cancelled_activities: Vec<ScheduledActivityIdentifier>,
     ) -> Result<(), ProviderError> {
-        self.ack_orchestration(
-            lock_token,
-            execution_id,
-            history_delta,
-            worker_items,
-            orchestrator_items,
-            metadata,
-            cancelled_activities,
+        let span = call_span!("ack_orchestration_item");
+        self.record_lease_instance(&span, lock_token);
+        traced(
+            span,
+            self.ack_orchestration(
+                lock_token,
+                execution_id,
+                history_delta,
+                worker_items,
+                orchestrator_items,
+                metadata,
+                cancelled_activities,
+            ),
         )
         .await
     }
@@ -59,15 +85,21 @@ impl<S: Store> Provider for Engine<S> {
         delay: Option<Duration>,
         ignore_attempt: bool,
     ) -> Result<(), ProviderError> {
-        self.abandon_orchestration(lock_token, delay, ignore_attempt).await
+        let span = call_span!("abandon_orchestration_item");
+        self.record_lease_instance(&span, lock_token);
+        traced(span, self.abandon_orchestration(lock_token, delay, ignore_attempt)).await
     }
 
     async fn read(&self, instance: &str) -> Result<Vec<Event>, ProviderError> {
-        self.read_execution(instance, None).await
+        traced(call_span!("read", instance), self.read_execution(instance, None)).await
     }
 
     async fn read_with_execution(&self, instance: &str, execution_id: u64) -> Result<Vec<Event>, ProviderError> {
-        self.read_execution(instance, Some(execution_id)).await
+        traced(
+            call_span!("read_with_execution", instance),
+            self.read_execution(instance, Some(execution_id)),
+        )
+        .await
     }
 
     async fn append_with_execution(
@@ -76,11 +108,16 @@ impl<S: Store> Provider for Engine<S> {
         execution_id: u64,
         new_events: Vec<Event>,
     ) -> Result<(), ProviderError> {
-        self.append_events(instance, execution_id, new_events).await
+        traced(
+            call_span!("append_with_execution", instance),
+            self.append_events(instance, execution_id, new_events),
+        )
+        .await
     }
 
     async fn enqueue_for_worker(&self, item: WorkItem) -> Result<(), ProviderError> {
-        self.enqueue_worker_item(item).await
+        let span = call_span!("enqueue_for_worker", work_item_instance(&item));
+        traced(span, self.enqueue_worker_item(item)).await
     }
 
     async fn fetch_work_item(
@@ -90,15 +127,20 @@ impl<S: Store> Provider for Engine<S> {
         session: Option<&SessionFetchConfig>,
         tag_filter: &TagFilter,
     ) -> Result<Option<(WorkItem, String, u32)>, ProviderError> {
-        self.fetch_work(lock_timeout, poll_timeout, session, tag_filter).await
+        traced_with(
+            call_span!("fetch_work_item"),
+            self.fetch_work(lock_timeout, poll_timeout, session, tag_filter),
+            |span, found| fetched(span, found, |item: &WorkItem| work_item_instance(item)),
+        )
+        .await
     }
 
     async fn ack_work_item(&self, token: &str, completion: Option<WorkItem>) -> Result<(), ProviderError> {
-        self.ack_work(token, completion).await
+        traced(call_span!("ack_work_item"), self.ack_work(token, completion)).await
     }
 
     async fn renew_work_item_lock(&self, token: &str, extend_for: Duration) -> Result<(), ProviderError> {
-        self.renew_work(token, extend_for).await
+        traced(call_span!("renew_work_item_lock"), self.renew_work(token, extend_for)).await
     }
 
     async fn renew_session_lock(
@@ -107,11 +149,15 @@ impl<S: Store> Provider for Engine<S> {
         extend_for: Duration,
         idle_timeout: Duration,
     ) -> Result<usize, ProviderError> {
-        self.renew_sessions(owner_ids, extend_for, idle_timeout).await
+        traced(
+            call_span!("renew_session_lock"),
+            self.renew_sessions(owner_ids, extend_for, idle_timeout),
+        )
+        .await
     }
 
     async fn cleanup_orphaned_sessions(&self, _idle_timeout: Duration) -> Result<usize, ProviderError> {
-        self.cleanup_sessions().await
+        traced(call_span!("cleanup_orphaned_sessions"), self.cleanup_sessions()).await
     }
 
     async fn abandon_work_item(
@@ -120,15 +166,22 @@ impl<S: Store> Provider for Engine<S> {
         delay: Option<Duration>,
         ignore_attempt: bool,
     ) -> Result<(), ProviderError> {
-        self.abandon_work(token, delay, ignore_attempt).await
+        traced(
+            call_span!("abandon_work_item"),
+            self.abandon_work(token, delay, ignore_attempt),
+        )
+        .await
     }
 
     async fn renew_orchestration_item_lock(&self, token: &str, extend_for: Duration) -> Result<(), ProviderError> {
-        self.renew_orchestration(token, extend_for).await
+        let span = call_span!("renew_orchestration_item_lock");
+        self.record_lease_instance(&span, token);
+        traced(span, self.renew_orchestration(token, extend_for)).await
     }
 
     async fn enqueue_for_orchestrator(&self, item: WorkItem, delay: Option<Duration>) -> Result<(), ProviderError> {
-        self.enqueue_orchestrator_item(item, delay).await
+        let span = call_span!("enqueue_for_orchestrator", work_item_instance(&item));
+        traced(span, self.enqueue_orchestrator_item(item, delay)).await
     }
 
     fn as_management_capability(&self) -> Option<&dyn ProviderAdmin> {
@@ -140,18 +193,47 @@ impl<S: Store> Provider for Engine<S> {
         instance: &str,
         last_seen_version: u64,
     ) -> Result<Option<(Option<String>, u64)>, ProviderError> {
-        self.custom_status(instance, last_seen_version).await
+        traced(
+            call_span!("get_custom_status", instance),
+            self.custom_status(instance, last_seen_version),
+        )
+        .await
     }
 
     async fn get_kv_value(&self, instance: &str, key: &str) -> Result<Option<String>, ProviderError> {
-        self.kv_value(instance, key).await
+        traced(call_span!("get_kv_value", instance), self.kv_value(instance, key)).await
     }
 
     async fn get_kv_all_values(&self, instance: &str) -> Result<HashMap<String, String>, ProviderError> {
-        self.kv_all(instance).await
+        traced(call_span!("get_kv_all_values", instance), self.kv_all(instance)).await
     }
 
     async fn get_instance_stats(&self, instance: &str) -> Result<Option<SystemStats>, ProviderError> {
-        self.instance_stats(instance).await
+        traced(
+            call_span!("get_instance_stats", instance),
+            self.instance_stats(instance),
+        )
+        .await
+    }
+}
+
+impl<S: Store> Engine<S> {
+    /// Record on `span` the instance the lease `lock_token` locks, when
+    /// this process handed it out (and only when the span is recorded).
+    fn record_lease_instance(&self, span: &Span, lock_token: &str) {
+        if !span.is_disabled() {
+            if let Some(instance) = self.remembered_lease(lock_token) {
+                span.record("instance", instance.as_str());
+            }
+        }
+    }
+}
+
+/// The instance a work item concerns (for a sub-orchestration's
+/// completion, the parent it is delivered to).
+fn work_item_instance(item: &WorkItem) -> &str {
+    match item {
+        WorkItem::ActivityExecute { instance, .. } => instance,
+        other => duropg_core::route::orchestrator_instance(other).unwrap_or_default(),
     }
 }

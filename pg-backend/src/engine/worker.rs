@@ -68,6 +68,7 @@ impl<S: Store> Engine<S> {
             let Some(work) = self
                 .detached_claim(
                     OP,
+                    QueueKind::Worker,
                     move |store: Arc<S>| {
                         let claim = claim.clone();
                         async move { store.claim_work_item(&claim).await }
@@ -100,9 +101,6 @@ impl<S: Store> Engine<S> {
 
     pub(crate) async fn ack_work(&self, lock_token: &str, completion: Option<WorkItem>) -> Result<(), ProviderError> {
         const OP: &str = "ack_work_item";
-        if self.earlier_write_committed(OP, lock_token).await {
-            return Ok(());
-        }
         let row = completion_row(completion.as_ref(), self.config.limits).map_err(|e| refuse(OP, e))?;
         let outcome = self
             .write(OP, lock_token, || {

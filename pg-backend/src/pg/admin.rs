@@ -4,6 +4,7 @@
 
 use super::error::{col, int, uint};
 use super::{PgStore, Stmt};
+use crate::trace::{call_span, traced};
 use async_trait::async_trait;
 use duropg_core::admin::{
     check_delete, executions_to_prune, ChildLink, DeleteCandidate, DeleteRefusal, ExecutionSummary,
@@ -153,30 +154,39 @@ where
 #[async_trait]
 impl ProviderAdmin for PgStore {
     async fn list_instances(&self) -> Result<Vec<String>, ProviderError> {
-        self.admin_call("list_instances", || async {
-            ids_of(&self.one(Stmt::new(&self.sql.list_instances)).await?, "instances")
+        traced(call_span!("list_instances"), async {
+            self.admin_call("list_instances", || async {
+                ids_of(&self.one(Stmt::new(&self.sql.list_instances)).await?, "instances")
+            })
+            .await
         })
         .await
     }
 
     async fn list_instances_by_status(&self, status: &str) -> Result<Vec<String>, ProviderError> {
-        self.admin_call("list_instances_by_status", || async {
-            ids_of(
-                &self
-                    .one(Stmt::new(&self.sql.list_instances_by_status).bind(status))
-                    .await?,
-                "instances",
-            )
+        traced(call_span!("list_instances_by_status"), async {
+            self.admin_call("list_instances_by_status", || async {
+                ids_of(
+                    &self
+                        .one(Stmt::new(&self.sql.list_instances_by_status).bind(status))
+                        .await?,
+                    "instances",
+                )
+            })
+            .await
         })
         .await
     }
 
     async fn list_executions(&self, instance: &str) -> Result<Vec<u64>, ProviderError> {
-        self.admin_call("list_executions", || async {
-            let rows = self.one(Stmt::new(&self.sql.list_executions).bind(instance)).await?;
-            rows.iter()
-                .map(|r| col(r, 0, "executions", &|| format!("instance {instance:?}")).map(uint))
-                .collect()
+        traced(call_span!("list_executions", instance), async {
+            self.admin_call("list_executions", || async {
+                let rows = self.one(Stmt::new(&self.sql.list_executions).bind(instance)).await?;
+                rows.iter()
+                    .map(|r| col(r, 0, "executions", &|| format!("instance {instance:?}")).map(uint))
+                    .collect()
+            })
+            .await
         })
         .await
     }
@@ -186,158 +196,170 @@ impl ProviderAdmin for PgStore {
         instance: &str,
         execution_id: u64,
     ) -> Result<Vec<Event>, ProviderError> {
-        const OP: &str = "read_history_with_execution_id";
-        let (exec, rows) = self
-            .admin_call(OP, || self.history(instance, Some(execution_id)))
-            .await?;
-        decode_history(instance, exec, &rows).map_err(|f| to_provider_error(OP, &f))
+        traced(call_span!("read_history_with_execution_id", instance), async {
+            const OP: &str = "read_history_with_execution_id";
+            let (exec, rows) = self
+                .admin_call(OP, || self.history(instance, Some(execution_id)))
+                .await?;
+            decode_history(instance, exec, &rows).map_err(|f| to_provider_error(OP, &f))
+        })
+        .await
     }
 
     async fn read_history(&self, instance: &str) -> Result<Vec<Event>, ProviderError> {
-        const OP: &str = "read_history";
-        let (exec, rows): (u64, Vec<StoredEvent>) = self.admin_call(OP, || self.history(instance, None)).await?;
-        decode_history(instance, exec, &rows).map_err(|f| to_provider_error(OP, &f))
+        traced(call_span!("read_history", instance), async {
+            const OP: &str = "read_history";
+            let (exec, rows): (u64, Vec<StoredEvent>) = self.admin_call(OP, || self.history(instance, None)).await?;
+            decode_history(instance, exec, &rows).map_err(|f| to_provider_error(OP, &f))
+        })
+        .await
     }
 
     /// The highest execution id; 1 for an instance with no executions, as
     /// duroxide's management contract specifies.
     async fn latest_execution_id(&self, instance: &str) -> Result<u64, ProviderError> {
-        self.admin_call("latest_execution_id", || async {
-            let rows = self.one(Stmt::new(&self.sql.latest_execution).bind(instance)).await?;
-            let max: Option<i64> = match rows.first() {
-                Some(r) => col(r, 0, "executions", &|| format!("instance {instance:?}"))?,
-                None => None,
-            };
-            Ok(max.map_or(duropg_core::instance::INITIAL_EXECUTION_ID, uint))
+        traced(call_span!("latest_execution_id", instance), async {
+            self.admin_call("latest_execution_id", || async {
+                let rows = self.one(Stmt::new(&self.sql.latest_execution).bind(instance)).await?;
+                let max: Option<i64> = match rows.first() {
+                    Some(r) => col(r, 0, "executions", &|| format!("instance {instance:?}"))?,
+                    None => None,
+                };
+                Ok(max.map_or(duropg_core::instance::INITIAL_EXECUTION_ID, uint))
+            })
+            .await
         })
         .await
     }
 
     async fn get_instance_info(&self, instance: &str) -> Result<InstanceInfo, ProviderError> {
-        const OP: &str = "get_instance_info";
-        let rows = self
-            .admin_call(OP, || self.one(Stmt::new(&self.sql.instance_info).bind(instance)))
-            .await?;
-        let Some(r) = rows.first() else {
-            return Err(ProviderError::permanent(OP, format!("instance {instance:?} not found")));
-        };
-        let k = || format!("instance {instance:?}");
-        let info = (|| {
-            Ok::<_, StoreFault>(InstanceInfo {
-                instance_id: col(r, 0, "instances", &k)?,
-                orchestration_name: col(r, 1, "instances", &k)?,
-                orchestration_version: version_or_unknown(col::<Option<String>>(r, 2, "instances", &k)?.as_deref()),
-                current_execution_id: uint(col(r, 3, "instances", &k)?),
-                created_at: uint(col(r, 4, "instances", &k)?),
-                updated_at: uint(col(r, 5, "instances", &k)?),
-                parent_instance_id: col(r, 6, "instances", &k)?,
-                status: col::<Option<String>>(r, 7, "executions", &k)?.unwrap_or_else(|| "Unknown".into()),
-                output: col(r, 8, "executions", &k)?,
-            })
-        })();
-        info.map_err(|f| to_provider_error(OP, &f))
-    }
-
-    async fn get_execution_info(&self, instance: &str, execution_id: u64) -> Result<ExecutionInfo, ProviderError> {
-        const OP: &str = "get_execution_info";
-        let stmt = || {
-            Stmt::new(&self.sql.execution_info)
-                .bind(instance)
-                .bind(int(execution_id))
-        };
-        let rows = self.admin_call(OP, || self.one(stmt())).await?;
-        let Some(r) = rows.first() else {
-            return Err(ProviderError::permanent(
-                OP,
-                format!("execution {execution_id} of instance {instance:?} not found"),
-            ));
-        };
-        let k = || format!("instance {instance:?} execution {execution_id}");
-        let info = (|| {
-            Ok::<_, StoreFault>(ExecutionInfo {
-                execution_id: uint(col(r, 0, "executions", &k)?),
-                status: col(r, 1, "executions", &k)?,
-                output: col(r, 2, "executions", &k)?,
-                started_at: uint(col(r, 3, "executions", &k)?),
-                completed_at: col::<Option<i64>>(r, 4, "executions", &k)?.map(uint),
-                event_count: usize::try_from(col::<i64>(r, 5, "history", &k)?).unwrap_or(0),
-            })
-        })();
-        info.map_err(|f| to_provider_error(OP, &f))
-    }
-
-    async fn get_system_metrics(&self) -> Result<SystemMetrics, ProviderError> {
-        self.admin_call("get_system_metrics", || async {
-            let rows = self.one(Stmt::new(&self.sql.system_metrics)).await?;
-            let r = &rows[0];
-            let n = |i: usize| col::<i64>(r, i, "instances", &|| "metrics".into()).map(uint);
-            Ok(SystemMetrics {
-                total_instances: n(0)?,
-                total_executions: n(1)?,
-                running_instances: n(2)?,
-                completed_instances: n(3)?,
-                failed_instances: n(4)?,
-                total_events: n(5)?,
-            })
+        traced(call_span!("get_instance_info", instance), async {
+            const OP: &str = "get_instance_info";
+            let rows = self
+                .admin_call(OP, || self.one(Stmt::new(&self.sql.instance_info).bind(instance)))
+                .await?;
+            let Some(r) = rows.first() else {
+                return Err(ProviderError::permanent(OP, format!("instance {instance:?} not found")));
+            };
+            let k = || format!("instance {instance:?}");
+            let info = (|| {
+                Ok::<_, StoreFault>(InstanceInfo {
+                    instance_id: col(r, 0, "instances", &k)?,
+                    orchestration_name: col(r, 1, "instances", &k)?,
+                    orchestration_version: version_or_unknown(col::<Option<String>>(r, 2, "instances", &k)?.as_deref()),
+                    current_execution_id: uint(col(r, 3, "instances", &k)?),
+                    created_at: uint(col(r, 4, "instances", &k)?),
+                    updated_at: uint(col(r, 5, "instances", &k)?),
+                    parent_instance_id: col(r, 6, "instances", &k)?,
+                    status: col::<Option<String>>(r, 7, "executions", &k)?.unwrap_or_else(|| "Unknown".into()),
+                    output: col(r, 8, "executions", &k)?,
+                })
+            })();
+            info.map_err(|f| to_provider_error(OP, &f))
         })
         .await
     }
 
+    async fn get_execution_info(&self, instance: &str, execution_id: u64) -> Result<ExecutionInfo, ProviderError> {
+        traced(call_span!("get_execution_info", instance), async {
+            const OP: &str = "get_execution_info";
+            let stmt = || {
+                Stmt::new(&self.sql.execution_info)
+                    .bind(instance)
+                    .bind(int(execution_id))
+            };
+            let rows = self.admin_call(OP, || self.one(stmt())).await?;
+            let Some(r) = rows.first() else {
+                return Err(ProviderError::permanent(
+                    OP,
+                    format!("execution {execution_id} of instance {instance:?} not found"),
+                ));
+            };
+            let k = || format!("instance {instance:?} execution {execution_id}");
+            let info = (|| {
+                Ok::<_, StoreFault>(ExecutionInfo {
+                    execution_id: uint(col(r, 0, "executions", &k)?),
+                    status: col(r, 1, "executions", &k)?,
+                    output: col(r, 2, "executions", &k)?,
+                    started_at: uint(col(r, 3, "executions", &k)?),
+                    completed_at: col::<Option<i64>>(r, 4, "executions", &k)?.map(uint),
+                    event_count: usize::try_from(col::<i64>(r, 5, "history", &k)?).unwrap_or(0),
+                })
+            })();
+            info.map_err(|f| to_provider_error(OP, &f))
+        })
+        .await
+    }
+
+    /// Exact on small tables, catalog estimates on big ones (see
+    /// [`PgStore::system_counts`]): the runtime calls this every 60 s.
+    async fn get_system_metrics(&self) -> Result<SystemMetrics, ProviderError> {
+        traced(call_span!("get_system_metrics"), async {
+            let counts = self.admin_call("get_system_metrics", || self.system_counts()).await?;
+            Ok(counts.metrics)
+        })
+        .await
+    }
+
+    /// Exact on small queues, estimated on big ones (see [`PgStore::queue_depths`]).
     async fn get_queue_depths(&self) -> Result<QueueDepths, ProviderError> {
-        self.admin_call("get_queue_depths", || async {
-            let rows = self.one(Stmt::new(&self.sql.queue_depths)).await?;
-            let n = |i: usize| col::<i64>(&rows[0], i, "orchestrator_queue", &|| "depths".into()).map(uint);
-            Ok(QueueDepths {
-                orchestrator_queue: usize::try_from(n(0)?).unwrap_or(usize::MAX),
-                worker_queue: usize::try_from(n(1)?).unwrap_or(usize::MAX),
-                timer_queue: 0,
-            })
+        traced(call_span!("get_queue_depths"), async {
+            let depths = self.admin_call("get_queue_depths", || self.queue_depths()).await?;
+            Ok(depths.depths)
         })
         .await
     }
 
     async fn list_children(&self, instance_id: &str) -> Result<Vec<String>, ProviderError> {
-        self.admin_call("list_children", || async {
-            ids_of(
-                &self.one(Stmt::new(&self.sql.list_children).bind(instance_id)).await?,
-                "instances",
-            )
+        traced(call_span!("list_children", instance_id), async {
+            self.admin_call("list_children", || async {
+                ids_of(
+                    &self.one(Stmt::new(&self.sql.list_children).bind(instance_id)).await?,
+                    "instances",
+                )
+            })
+            .await
         })
         .await
     }
 
     async fn get_parent_id(&self, instance_id: &str) -> Result<Option<String>, ProviderError> {
-        const OP: &str = "get_parent_id";
-        let rows = self
-            .admin_call(OP, || self.one(Stmt::new(&self.sql.parent_of).bind(instance_id)))
-            .await?;
-        match rows.first() {
-            Some(r) => {
-                col(r, 0, "instances", &|| format!("instance {instance_id:?}")).map_err(|f| to_provider_error(OP, &f))
+        traced(call_span!("get_parent_id", instance_id), async {
+            const OP: &str = "get_parent_id";
+            let rows = self
+                .admin_call(OP, || self.one(Stmt::new(&self.sql.parent_of).bind(instance_id)))
+                .await?;
+            match rows.first() {
+                Some(r) => col(r, 0, "instances", &|| format!("instance {instance_id:?}"))
+                    .map_err(|f| to_provider_error(OP, &f)),
+                None => Err(ProviderError::permanent(
+                    OP,
+                    format!("instance {instance_id:?} not found"),
+                )),
             }
-            None => Err(ProviderError::permanent(
-                OP,
-                format!("instance {instance_id:?} not found"),
-            )),
-        }
+        })
+        .await
     }
 
     async fn get_instance_tree(&self, instance_id: &str) -> Result<InstanceTree, ProviderError> {
-        let mut all_ids = self
-            .admin_call("get_instance_tree", || async {
-                ids_of(
-                    &self.one(Stmt::new(&self.sql.instance_tree).bind(instance_id)).await?,
-                    "instances",
-                )
+        traced(call_span!("get_instance_tree", instance_id), async {
+            let mut all_ids = self
+                .admin_call("get_instance_tree", || async {
+                    ids_of(
+                        &self.one(Stmt::new(&self.sql.instance_tree).bind(instance_id)).await?,
+                        "instances",
+                    )
+                })
+                .await?;
+            if all_ids.is_empty() {
+                all_ids.push(instance_id.to_string());
+            }
+            Ok(InstanceTree {
+                root_id: instance_id.to_string(),
+                all_ids,
             })
-            .await?;
-        if all_ids.is_empty() {
-            all_ids.push(instance_id.to_string());
-        }
-        Ok(InstanceTree {
-            root_id: instance_id.to_string(),
-            all_ids,
         })
+        .await
     }
 
     async fn delete_instances_atomic(
@@ -345,42 +367,51 @@ impl ProviderAdmin for PgStore {
         ids: &[String],
         force: bool,
     ) -> Result<DeleteInstanceResult, ProviderError> {
-        if ids.is_empty() {
-            return Ok(DeleteInstanceResult::default());
-        }
-        refusable(self, "delete_instances_atomic", || self.delete_set(ids, force)).await
+        traced(call_span!("delete_instances_atomic"), async {
+            if ids.is_empty() {
+                return Ok(DeleteInstanceResult::default());
+            }
+            refusable(self, "delete_instances_atomic", || self.delete_set(ids, force)).await
+        })
+        .await
     }
 
     async fn delete_instance_bulk(&self, filter: InstanceFilter) -> Result<DeleteInstanceResult, ProviderError> {
-        const OP: &str = "delete_instance_bulk";
-        if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
-            return Ok(DeleteInstanceResult::default());
-        }
-        let limit = i64::from(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
-        let before = filter.completed_before.map(int);
-        let roots = self
-            .admin_call(OP, || async {
-                let stmt = Stmt::new(&self.sql.bulk_delete_roots)
-                    .bind(filter.instance_ids.clone())
-                    .bind(before)
-                    .bind(limit);
-                ids_of(&self.one(stmt).await?, "instances")
-            })
-            .await?;
-        let mut total = DeleteInstanceResult::default();
-        for root in roots {
-            let tree = self.get_instance_tree(&root).await?;
-            let r = self.delete_instances_atomic(&tree.all_ids, true).await?;
-            total.instances_deleted += r.instances_deleted;
-            total.executions_deleted += r.executions_deleted;
-            total.events_deleted += r.events_deleted;
-            total.queue_messages_deleted += r.queue_messages_deleted;
-        }
-        Ok(total)
+        traced(call_span!("delete_instance_bulk"), async {
+            const OP: &str = "delete_instance_bulk";
+            if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
+                return Ok(DeleteInstanceResult::default());
+            }
+            let limit = i64::from(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
+            let before = filter.completed_before.map(int);
+            let roots = self
+                .admin_call(OP, || async {
+                    let stmt = Stmt::new(&self.sql.bulk_delete_roots)
+                        .bind(filter.instance_ids.clone())
+                        .bind(before)
+                        .bind(limit);
+                    ids_of(&self.one(stmt).await?, "instances")
+                })
+                .await?;
+            let mut total = DeleteInstanceResult::default();
+            for root in roots {
+                let tree = self.get_instance_tree(&root).await?;
+                let r = self.delete_instances_atomic(&tree.all_ids, true).await?;
+                total.instances_deleted += r.instances_deleted;
+                total.executions_deleted += r.executions_deleted;
+                total.events_deleted += r.events_deleted;
+                total.queue_messages_deleted += r.queue_messages_deleted;
+            }
+            Ok(total)
+        })
+        .await
     }
 
     async fn prune_executions(&self, instance_id: &str, options: PruneOptions) -> Result<PruneResult, ProviderError> {
-        refusable(self, "prune_executions", || self.prune_one(instance_id, &options)).await
+        traced(call_span!("prune_executions", instance_id), async {
+            refusable(self, "prune_executions", || self.prune_one(instance_id, &options)).await
+        })
+        .await
     }
 
     async fn prune_executions_bulk(
@@ -388,28 +419,31 @@ impl ProviderAdmin for PgStore {
         filter: InstanceFilter,
         options: PruneOptions,
     ) -> Result<PruneResult, ProviderError> {
-        const OP: &str = "prune_executions_bulk";
-        if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
-            return Ok(PruneResult::default());
-        }
-        let limit = i64::from(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
-        let before = filter.completed_before.map(int);
-        let instances = self
-            .admin_call(OP, || async {
-                let stmt = Stmt::new(&self.sql.bulk_prune_instances)
-                    .bind(filter.instance_ids.clone())
-                    .bind(before)
-                    .bind(limit);
-                ids_of(&self.one(stmt).await?, "instances")
-            })
-            .await?;
-        let mut total = PruneResult::default();
-        for instance in instances {
-            let r = self.prune_executions(&instance, options.clone()).await?;
-            total.instances_processed += r.instances_processed;
-            total.executions_deleted += r.executions_deleted;
-            total.events_deleted += r.events_deleted;
-        }
-        Ok(total)
+        traced(call_span!("prune_executions_bulk"), async {
+            const OP: &str = "prune_executions_bulk";
+            if filter.instance_ids.as_ref().is_some_and(Vec::is_empty) {
+                return Ok(PruneResult::default());
+            }
+            let limit = i64::from(filter.limit.unwrap_or(DEFAULT_BULK_LIMIT));
+            let before = filter.completed_before.map(int);
+            let instances = self
+                .admin_call(OP, || async {
+                    let stmt = Stmt::new(&self.sql.bulk_prune_instances)
+                        .bind(filter.instance_ids.clone())
+                        .bind(before)
+                        .bind(limit);
+                    ids_of(&self.one(stmt).await?, "instances")
+                })
+                .await?;
+            let mut total = PruneResult::default();
+            for instance in instances {
+                let r = self.prune_executions(&instance, options.clone()).await?;
+                total.instances_processed += r.instances_processed;
+                total.executions_deleted += r.executions_deleted;
+                total.events_deleted += r.events_deleted;
+            }
+            Ok(total)
+        })
+        .await
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, Config, Notification, Row, Statement};
 
 /// A raw connection: its client, and the notifications (`LISTEN`) its
@@ -73,12 +73,55 @@ pub struct PgConn {
     statements: HashMap<String, Statement>,
     broken: bool,
     in_transaction: bool,
+    /// Send every statement unnamed with its parameter types, never
+    /// preparing one on the server (PgBouncer transaction pooling: a
+    /// prepared statement would live on whichever server connection the
+    /// pooler happened to pick).
+    unnamed: bool,
+}
+
+/// A parameter value with the Postgres type it is sent as. Statements can
+/// then run without a server-side prepared statement (unnamed, with the
+/// types given), which is what PgBouncer's transaction pooling requires.
+pub trait Param: ToSql + Sync + Send {
+    /// The type the value is bound as.
+    fn pg_type() -> Type;
+}
+
+macro_rules! params {
+    ($($t:ty => $pg:expr),* $(,)?) => {
+        $(impl Param for $t {
+            fn pg_type() -> Type {
+                $pg
+            }
+        })*
+    };
+}
+
+params! {
+    &str => Type::TEXT,
+    String => Type::TEXT,
+    i64 => Type::INT8,
+    i32 => Type::INT4,
+    bool => Type::BOOL,
+    Vec<String> => Type::TEXT_ARRAY,
+    Vec<&str> => Type::TEXT_ARRAY,
+    Vec<Option<String>> => Type::TEXT_ARRAY,
+    Vec<Option<&str>> => Type::TEXT_ARRAY,
+    Vec<i64> => Type::INT8_ARRAY,
+    Vec<Option<i64>> => Type::INT8_ARRAY,
+}
+
+impl<T: Param> Param for Option<T> {
+    fn pg_type() -> Type {
+        T::pg_type()
+    }
 }
 
 /// A statement and its parameters, ready to send.
 pub struct Stmt<'a> {
     sql: &'a str,
-    params: Vec<Box<dyn ToSql + Sync + Send + 'a>>,
+    params: Vec<(Box<dyn ToSql + Sync + Send + 'a>, Type)>,
 }
 
 impl<'a> Stmt<'a> {
@@ -91,19 +134,20 @@ impl<'a> Stmt<'a> {
     }
 
     /// Add a parameter.
-    pub fn bind<T: ToSql + Sync + Send + 'a>(mut self, value: T) -> Self {
-        self.params.push(Box::new(value));
+    pub fn bind<T: Param + 'a>(mut self, value: T) -> Self {
+        self.params.push((Box::new(value), T::pg_type()));
         self
     }
 }
 
 impl PgConn {
-    fn new(client: Client) -> Self {
+    fn new(client: Client, unnamed: bool) -> Self {
         Self {
             client,
             statements: HashMap::new(),
             broken: false,
             in_transaction: false,
+            unnamed,
         }
     }
 
@@ -170,6 +214,23 @@ impl PgConn {
                 detail: "the connection had closed before the request was sent; nothing reached the server".into(),
             });
         }
+        if self.unnamed {
+            let typed: Vec<Vec<(&(dyn ToSql + Sync), Type)>> = stmts
+                .iter()
+                .map(|s| {
+                    s.params
+                        .iter()
+                        .map(|(p, t)| (p.as_ref() as &(dyn ToSql + Sync), t.clone()))
+                        .collect()
+                })
+                .collect();
+            let client = &self.client;
+            let outcomes = join_all(stmts.iter().zip(&typed).map(|(s, p)| client.query_typed(s.sql, p))).await;
+            return Ok(outcomes
+                .into_iter()
+                .map(|o| o.map_err(|e| self.note_fault(fault(&e))))
+                .collect());
+        }
         let sqls: Vec<&str> = stmts.iter().map(|s| s.sql).collect();
         let prepared = match self.prepare(&sqls).await {
             Ok(p) => p,
@@ -177,7 +238,12 @@ impl PgConn {
         };
         let params: Vec<Vec<&(dyn ToSql + Sync)>> = stmts
             .iter()
-            .map(|s| s.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect())
+            .map(|s| {
+                s.params
+                    .iter()
+                    .map(|(p, _)| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect()
+            })
             .collect();
         let client = &self.client;
         let outcomes = join_all(prepared.iter().zip(&params).map(|(st, p)| client.query(st, p))).await;
@@ -214,25 +280,37 @@ pub struct ConnectionManager {
     config: Config,
     connector: Connector,
     connect_timeout: Duration,
+    pgbouncer: bool,
     last_error: Arc<Mutex<Option<String>>>,
 }
 
 impl ConnectionManager {
     /// A manager that opens connections per `config` through `connector`.
+    ///
+    /// With `pgbouncer` (transaction pooling in between) no session state
+    /// is set up — PgBouncer refuses the startup `options` parameter, and a
+    /// setting made on one server connection would not follow the next
+    /// transaction — and statements are sent unnamed (see [`PgConn`]). The
+    /// pinned `search_path` is then not needed for correctness: every table
+    /// is schema-qualified and every function `pg_catalog`-qualified, and
+    /// PostgreSQL searches `pg_catalog` before any schema not naming it.
     pub fn new(
         mut config: Config,
         connector: Connector,
         connect_timeout: Duration,
         statement_timeout: Option<Duration>,
+        pgbouncer: bool,
     ) -> Self {
-        let mut options = config.get_options().unwrap_or("").to_string();
-        // Our SQL qualifies every name; this keeps planted objects in public
-        // or pg_temp from capturing built-in functions and operators.
-        options.push_str(" -c search_path=pg_catalog,pg_temp");
-        if let Some(t) = statement_timeout {
-            options.push_str(&format!(" -c statement_timeout={}", t.as_millis()));
+        if !pgbouncer {
+            let mut options = config.get_options().unwrap_or("").to_string();
+            // Our SQL qualifies every name; this keeps planted objects in public
+            // or pg_temp from capturing built-in functions and operators.
+            options.push_str(" -c search_path=pg_catalog,pg_temp");
+            if let Some(t) = statement_timeout {
+                options.push_str(&format!(" -c statement_timeout={}", t.as_millis()));
+            }
+            config.options(options.trim());
         }
-        config.options(options.trim());
         if config.get_application_name().is_none() {
             config.application_name("duropg");
         }
@@ -240,8 +318,14 @@ impl ConnectionManager {
             config,
             connector,
             connect_timeout,
+            pgbouncer,
             last_error: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Whether PgBouncer transaction pooling sits in between.
+    pub fn pgbouncer(&self) -> bool {
+        self.pgbouncer
     }
 
     /// `host:port` targets, for error messages.
@@ -262,7 +346,9 @@ impl ConnectionManager {
 
     /// Open one pooled connection, bounded by the connect timeout.
     pub async fn open(&self) -> Result<PgConn, ConnectError> {
-        self.open_connected().await.map(|c| PgConn::new(c.client))
+        self.open_connected()
+            .await
+            .map(|c| PgConn::new(c.client, self.pgbouncer))
     }
 
     /// Open one connection with its notifications, bounded by the connect timeout.
@@ -294,6 +380,11 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Driver(e) => match e.as_db_error() {
+                Some(db) if db.code().code() == "08P01" && db.message().contains("unsupported startup parameter") => write!(
+                    f,
+                    "{} (SQLSTATE 08P01): this looks like PgBouncer, which refuses the session settings duropg sends; add pgbouncer=true to the connection string (or call PgProviderBuilder::pgbouncer(true))",
+                    db.message()
+                ),
                 Some(db) => write!(f, "{} (SQLSTATE {})", db.message(), db.code().code()),
                 None => match std::error::Error::source(e) {
                     Some(cause) => write!(f, "{e}: {cause}"),

@@ -56,12 +56,18 @@ pub fn pool_fault(e: bb8::RunError<ConnectError>, waited_ms: u64, last_connect_e
 }
 
 /// Whether a server error ends the session it arrived on (the server sends
-/// these as FATAL and closes the socket): such a connection must never go
-/// back to the pool, even before the driver notices the close.
+/// these as FATAL and closes the socket), or leaves it on a server that
+/// cannot take writes (25006: a standby after a failover): such a
+/// connection must never go back to the pool, even before the driver
+/// notices the close.
 pub fn ends_session(fault: &StoreFault) -> bool {
     match fault {
         StoreFault::Sql { code, .. } => {
-            code.starts_with("08") || matches!(code.as_str(), "57P01" | "57P02" | "57P03" | "57P05" | "25P03")
+            code.starts_with("08")
+                || matches!(
+                    code.as_str(),
+                    "57P01" | "57P02" | "57P03" | "57P05" | "25P03" | "25P04" | "25006"
+                )
         }
         _ => false,
     }

@@ -44,23 +44,36 @@ impl Drop for Listener {
 
 /// Start listening: reconnects with backoff for as long as the store lives.
 /// While it is connected, `signals.cross_process()` is true.
-pub fn spawn(manager: ConnectionManager, listen_sql: String, origin: String, signals: Arc<Signals>) -> Listener {
+/// `schema` labels its [`LISTENER_CONNECTED`](crate::metrics::LISTENER_CONNECTED)
+/// gauge; received wake-ups count in
+/// [`WAKEUPS_RECEIVED_TOTAL`](crate::metrics::WAKEUPS_RECEIVED_TOTAL).
+pub fn spawn(
+    manager: ConnectionManager,
+    listen_sql: String,
+    origin: String,
+    signals: Arc<Signals>,
+    schema: String,
+) -> Listener {
     Listener(tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
+        crate::metrics::listener_connected(&schema, false);
         loop {
             if let Ok(mut connected) = manager.open_connected().await {
                 if connected.client.batch_execute(&listen_sql).await.is_ok() {
                     signals.set_cross_process(true);
+                    crate::metrics::listener_connected(&schema, true);
                     backoff = Duration::from_millis(100);
                     // Anything written while nobody listened: let idle fetchers look once.
                     signals.wake(QueueKind::Orchestrator, 1);
                     signals.wake(QueueKind::Worker, 1);
                     while let Some(n) = connected.notifications.recv().await {
                         if let Some((queue, count)) = parse(n.payload(), &origin) {
+                            crate::metrics::wakeups_received(queue, u64::try_from(count).unwrap_or(u64::MAX));
                             signals.wake(queue, count);
                         }
                     }
                     signals.set_cross_process(false);
+                    crate::metrics::listener_connected(&schema, false);
                     tracing::debug!("notification listener disconnected; reconnecting");
                 }
             }

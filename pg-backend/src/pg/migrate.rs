@@ -18,6 +18,7 @@ use super::sql::render;
 use duropg_core::SchemaName;
 use sha2::{Digest, Sha256};
 use std::fmt;
+use tokio_postgres::types::Type;
 
 /// One migration.
 #[derive(Debug, Clone, Copy)]
@@ -186,7 +187,9 @@ fn verify(schema: &SchemaName, ledger: &[(i32, String)]) -> Result<i32, MigrateE
 }
 
 async fn read_ledger(conn: &PgConn, schema: &SchemaName) -> Result<Option<Vec<(i32, String)>>, tokio_postgres::Error> {
-    match conn.client().query(&render(READ_LEDGER, schema), &[]).await {
+    // Unnamed statements throughout (`query_typed`): no prepared statement
+    // is left on a server connection a pooler may hand to another client.
+    match conn.client().query_typed(&render(READ_LEDGER, schema), &[]).await {
         Ok(rows) => Ok(Some(
             rows.iter()
                 .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)))
@@ -253,9 +256,9 @@ async fn apply_locked(conn: &PgConn, schema: &SchemaName) -> Result<MigrationRep
     };
     let client = conn.client();
     client
-        .execute(
+        .query_typed(
             "SELECT pg_catalog.pg_advisory_xact_lock($1)",
-            &[&migration_lock_key(schema)],
+            &[(&migration_lock_key(schema), Type::INT8)],
         )
         .await
         .map_err(db("waiting for the migration lock"))?;
@@ -279,7 +282,14 @@ async fn apply_locked(conn: &PgConn, schema: &SchemaName) -> Result<MigrationRep
             .await
             .map_err(db("applying a migration"))?;
         client
-            .execute(&render(RECORD, schema), &[&m.version, &m.name, &checksum(m.sql)])
+            .query_typed(
+                &render(RECORD, schema),
+                &[
+                    (&m.version, Type::INT4),
+                    (&m.name, Type::TEXT),
+                    (&checksum(m.sql), Type::TEXT),
+                ],
+            )
             .await
             .map_err(db("recording a migration"))?;
         tracing::info!(schema = %schema, version = m.version, name = m.name, "applied migration");

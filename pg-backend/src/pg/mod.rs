@@ -11,12 +11,15 @@ mod conn;
 pub mod error;
 mod listen;
 pub mod migrate;
+mod ops;
 mod orchestration;
 mod reads;
 pub mod sql;
 pub mod tls;
 mod turn;
 mod worker;
+
+pub use ops::{Depths, Estimated, OpsStatus, SystemCounts, SYSTEM_METRICS_EXACT_BELOW};
 
 pub use conn::{
     describe_target, plain_connector, spawn_connection, ConnectError, Connected, ConnectionManager, Connector, PgConn,
@@ -64,7 +67,7 @@ pub struct PgStore {
     histories: Batcher<String, Result<orchestration::LatestHistory, StoreFault>>,
     /// Concurrent custom-status reads, merged.
     statuses: Batcher<String, Result<reads::CustomStatus, StoreFault>>,
-    _listener: listen::Listener,
+    _listener: Option<listen::Listener>,
     _pruner: Pruner,
 }
 
@@ -77,8 +80,8 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// How long an activity ack's token is kept in `settled_tokens`: far longer
-/// than any retry of one call (retries end with the lease they serve).
+/// How long an ack's or abandon's token is kept in `settled_tokens`: far
+/// longer than any retry of one call (retries end with the lease they serve).
 const SETTLED_RETENTION_MS: i64 = 600_000;
 
 /// How often each store prunes `settled_tokens`.
@@ -89,14 +92,14 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 struct Pruner(tokio::task::JoinHandle<()>);
 
 impl Pruner {
-    fn spawn(pool: Pool, manager: ConnectionManager, sql: String) -> Self {
+    fn spawn(pool: Pool, manager: ConnectionManager, sql: String, schema: String) -> Self {
         Self(tokio::spawn(async move {
             let mut every = tokio::time::interval(PRUNE_EVERY);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             every.tick().await;
             loop {
                 every.tick().await;
-                let pruned = match checkout(&pool, &manager).await {
+                let pruned = match checkout(&pool, &manager, &schema).await {
                     Ok(mut conn) => conn
                         .pipeline(&[Stmt::new(&sql).bind(SETTLED_RETENTION_MS)])
                         .await
@@ -131,8 +134,28 @@ const MAX_DEAD_SKIPPED: usize = 16;
 /// without a round trip — its driver task has ended — and discarded, so no
 /// request is committed to it. bb8's own check-out test would cost a ping
 /// per check-out on the hot path.
-async fn checkout<'a>(pool: &'a Pool, manager: &ConnectionManager) -> Result<Pooled<'a>, StoreFault> {
+///
+/// Each check-out records the pool's state and how long it waited (see
+/// [`crate::metrics::POOL_CONNECTIONS`]), labelled with `schema`.
+async fn checkout<'a>(pool: &'a Pool, manager: &ConnectionManager, schema: &str) -> Result<Pooled<'a>, StoreFault> {
     let started = Instant::now();
+    let got = checkout_usable(pool, manager, started).await;
+    let state = pool.state();
+    crate::metrics::pool_checkout(
+        schema,
+        started.elapsed(),
+        state.connections.saturating_sub(state.idle_connections),
+        state.idle_connections,
+        state.statistics.pending_gets(),
+    );
+    got
+}
+
+async fn checkout_usable<'a>(
+    pool: &'a Pool,
+    manager: &ConnectionManager,
+    started: Instant,
+) -> Result<Pooled<'a>, StoreFault> {
     for _ in 0..MAX_DEAD_SKIPPED {
         let conn = pool.get().await.map_err(|e| {
             let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -154,18 +177,20 @@ async fn checkout<'a>(pool: &'a Pool, manager: &ConnectionManager) -> Result<Poo
 fn read_batcher<V: Clone + Send + 'static>(
     pool: &Pool,
     manager: &ConnectionManager,
+    schema: &SchemaName,
     sql: &str,
     lanes: usize,
     parse: fn(&[Row]) -> batch::Answers<String, V>,
 ) -> Batcher<String, V> {
     let (pool, manager, sql): (Pool, ConnectionManager, Arc<str>) = (pool.clone(), manager.clone(), sql.into());
+    let schema: Arc<str> = schema.as_str().into();
     Batcher::new(
         lanes,
         READ_BATCH,
         Box::new(move |instances: Vec<String>| {
-            let (pool, manager, sql) = (pool.clone(), manager.clone(), Arc::clone(&sql));
+            let (pool, manager, sql, schema) = (pool.clone(), manager.clone(), Arc::clone(&sql), Arc::clone(&schema));
             Box::pin(async move {
-                let mut conn = checkout(&pool, &manager).await?;
+                let mut conn = checkout(&pool, &manager, &schema).await?;
                 let rows = conn.pipeline(&[Stmt::new(&sql).bind(instances)]).await?;
                 parse(&rows[0])
             })
@@ -175,9 +200,12 @@ fn read_batcher<V: Clone + Send + 'static>(
 
 impl PgStore {
     /// A store over an existing pool.
+    /// `listener`: where the `LISTEN` connection goes (`None`: no
+    /// cross-process wake-ups; idle fetchers poll).
     pub(crate) fn new(
         pool: Pool,
         manager: ConnectionManager,
+        listener: Option<ConnectionManager>,
         schema: SchemaName,
         retry: RetryPolicy,
         completion_window: Duration,
@@ -188,12 +216,22 @@ impl PgStore {
         let class = migrate::stable_hash(&format!("duropg.claim.{schema}"));
         let sql = Sql::new(&schema);
         let prune_sql = sql.prune_settled.clone();
+        let schema_label = schema.to_string();
         let origin = format!("{}-{}", std::process::id(), STORES.fetch_add(1, Ordering::Relaxed));
         let signals = Arc::new(Signals::default());
-        let listener = listen::spawn(manager.clone(), sql.listen.clone(), origin.clone(), signals.clone());
+        let listener = listener.map(|m| {
+            listen::spawn(
+                m,
+                sql.listen.clone(),
+                origin.clone(),
+                signals.clone(),
+                schema.to_string(),
+            )
+        });
         let histories = read_batcher(
             &pool,
             &manager,
+            &schema,
             &sql.latest_histories,
             read_lanes,
             orchestration::latest_histories,
@@ -201,6 +239,7 @@ impl PgStore {
         let statuses = read_batcher(
             &pool,
             &manager,
+            &schema,
             &sql.custom_statuses,
             read_lanes,
             reads::custom_statuses,
@@ -219,7 +258,7 @@ impl PgStore {
             histories,
             statuses,
             _listener: listener,
-            _pruner: Pruner::spawn(pool_for_pruner, manager_for_pruner, prune_sql),
+            _pruner: Pruner::spawn(pool_for_pruner, manager_for_pruner, prune_sql, schema_label),
         }
     }
 
@@ -259,6 +298,7 @@ impl PgStore {
                 return;
             }
             signals.wake(QueueKind::Orchestrator, 1);
+            crate::metrics::wakeups_sent(QueueKind::Orchestrator, 1);
             let sent = match pool.get().await {
                 Ok(mut conn) => conn
                     .pipeline(&[Stmt::new(&sql)
@@ -296,7 +336,7 @@ impl PgStore {
 
     /// A pooled connection (see [`checkout`]).
     pub(crate) async fn conn(&self) -> Result<Pooled<'_>, StoreFault> {
-        checkout(&self.pool, &self.manager).await
+        checkout(&self.pool, &self.manager, self.schema.as_str()).await
     }
 
     /// One statement (or an independent pipelined batch) outside a transaction.
@@ -325,6 +365,39 @@ impl PgStore {
                 Err(fault)
             }
         }
+    }
+
+    /// Like [`PgStore::begin`], with each statement's own outcome: a
+    /// guarded batch can tell "the guard found no lock" (its first result
+    /// is empty) even when a later statement then failed because the write
+    /// it guards had already been applied. `BEGIN` failing, or nothing being
+    /// sent, is the call's error. The caller ends the transaction; when a
+    /// statement failed it must roll back.
+    pub(crate) async fn begin_each(
+        &self,
+        conn: &mut PgConn,
+        stmts: Vec<Stmt<'_>>,
+    ) -> Result<Vec<Result<Vec<Row>, StoreFault>>, StoreFault> {
+        let mut all = Vec::with_capacity(stmts.len() + 1);
+        all.push(Stmt::new(&self.sql.begin));
+        all.extend(stmts);
+        conn.set_in_transaction(true);
+        let mut outcomes = match conn.pipeline_each(&all).await {
+            Ok(outcomes) => outcomes,
+            Err(fault) => return Err(fault),
+        };
+        if outcomes.is_empty() {
+            return Err(StoreFault::Client {
+                detail: "a pipelined transaction returned no results".into(),
+            });
+        }
+        if let Err(fault) = outcomes.remove(0) {
+            if conn.is_usable() {
+                conn.rollback(&self.sql.rollback).await;
+            }
+            return Err(fault);
+        }
+        Ok(outcomes)
     }
 
     /// A whole transaction — `BEGIN`, `stmts`, `COMMIT` — in one round trip.
@@ -436,6 +509,7 @@ impl PgStore {
             .filter_map(|r| r.try_get::<_, i32>(0).ok())
             .map(i64::from)
             .sum();
+        crate::metrics::wakeups_sent(queue, u64::try_from(n).unwrap_or(0));
         self.signals.wake(queue, usize::try_from(n).unwrap_or(0));
     }
 }
@@ -645,10 +719,10 @@ impl Store for PgStore {
         self.complete_work(lock_token, completion).await
     }
 
-    async fn work_settled(&self, lock_token: &str) -> Result<bool, StoreFault> {
-        let rows = self.run(&[Stmt::new(&self.sql.work_settled).bind(lock_token)]).await?;
+    async fn token_settled(&self, lock_token: &str) -> Result<bool, StoreFault> {
+        let rows = self.run(&[Stmt::new(&self.sql.token_settled).bind(lock_token)]).await?;
         let row = rows[0].first().ok_or_else(|| StoreFault::Client {
-            detail: "work_settled returned no row".into(),
+            detail: "token_settled returned no row".into(),
         })?;
         error::col(row, 0, "settled_tokens", &|| format!("lock token {lock_token:?}"))
     }

@@ -158,6 +158,7 @@ impl PgStore {
         if delay_ms.is_none() {
             stmts.push(self.notify_stmt(QueueKind::Orchestrator, 1));
         }
+        stmts.push(Stmt::new(&self.sql.settle_token).bind(lock_token));
         let mut conn = self.conn().await?;
         let results = self.begin(&mut conn, stmts).await?;
         let Some(row) = results[0].first() else {

@@ -436,7 +436,7 @@ statements! {
     /// channel $5 (origin $6, coalesce flag $7) as in
     /// `enqueue_orchestrator` (the completed activity is no sibling).
     /// The token is recorded in `settled_tokens` in the same transaction
-    /// (see `work_settled`). No row: the lock is not held and nothing
+    /// (see `token_settled`). No row: the lock is not held and nothing
     /// changed. Otherwise one row:
     /// the transaction id, how many messages it announced and whether the
     /// wake-up is left to the coalescing window.
@@ -475,8 +475,13 @@ statements! {
         SELECT pg_catalog.txid_current(), COALESCE(a.announced, 0), COALESCE(a.deferred, false)
         FROM d LEFT JOIN announce a ON true";
 
-    /// Whether an activity ack with token $1 committed (within the retention).
-    work_settled = "SELECT EXISTS (SELECT 1 FROM {s}.settled_tokens WHERE lock_token = $1)";
+    /// Whether an ack or abandon under lock token $1 committed (within the retention).
+    token_settled = "SELECT EXISTS (SELECT 1 FROM {s}.settled_tokens WHERE lock_token = $1)";
+
+    /// Record that the write under lock token $1 applied, in its own
+    /// transaction (turns and abandons; `complete_work` does it itself).
+    settle_token = "INSERT INTO {s}.settled_tokens (lock_token, settled_at_ms) VALUES ($1, {now})
+        ON CONFLICT (lock_token) DO NOTHING";
 
     /// Forget settled tokens older than $1 ms.
     prune_settled = "DELETE FROM {s}.settled_tokens WHERE settled_at_ms < {now} - $1::bigint";
@@ -546,22 +551,153 @@ statements! {
             (SELECT count(*) FROM {s}.history h WHERE h.instance_id = e.instance_id AND h.execution_id = e.execution_id)
         FROM {s}.executions e WHERE e.instance_id = $1 AND e.execution_id = $2";
 
-    /// System-wide counts.
-    system_metrics = "SELECT
-            (SELECT count(*) FROM {s}.instances),
-            (SELECT count(*) FROM {s}.executions),
-            count(*) FILTER (WHERE e.status = 'Running'),
-            count(*) FILTER (WHERE e.status = 'Completed'),
-            count(*) FILTER (WHERE e.status = 'Failed'),
-            (SELECT count(*) FROM {s}.history)
-        FROM {s}.instances i
-        JOIN {s}.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id";
+    /// System-wide counts. $1: the schema's name; $2: the row count from
+    /// which a table's figures are estimated rather than counted.
+    ///
+    /// The `est` CTE (the same in `queue_depths`) reads each big table's
+    /// row count from the catalog as the planner does — `reltuples` per page
+    /// times the table's pages now — and is NULL for a table never analyzed.
+    /// Each figure is counted exactly while its table's estimate is under $2
+    /// (or unknown), and estimated above: table sizes from `est`, instance
+    /// counts by status from the share of each status among executions in
+    /// `pg_stats` (MCV list; a status missing from it gets the share left
+    /// over). The last four columns say which figures are estimates
+    /// (instances, executions, statuses, events).
+    system_metrics = "WITH est AS (
+            SELECT
+                max(t.estimate) FILTER (WHERE t.relname = 'instances') AS instances_rows,
+                max(t.estimate) FILTER (WHERE t.relname = 'executions') AS executions_rows,
+                max(t.estimate) FILTER (WHERE t.relname = 'history') AS history_rows,
+                max(t.estimate) FILTER (WHERE t.relname = 'orchestrator_queue') AS orchestrator_queue_rows,
+                max(t.estimate) FILTER (WHERE t.relname = 'worker_queue') AS worker_queue_rows
+            FROM (
+                SELECT c.relname,
+                    CASE WHEN c.reltuples < 0 THEN NULL
+                        WHEN c.relpages = 0 THEN c.reltuples::float8
+                        ELSE c.reltuples::float8 / c.relpages
+                            * (pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::float8)
+                    END AS estimate
+                FROM pg_catalog.pg_class c
+                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = $1::text AND c.relkind = 'r'
+                    AND c.relname IN ('instances', 'executions', 'history', 'orchestrator_queue', 'worker_queue')
+            ) t
+        ),
+        stats AS (
+            SELECT s.most_common_vals::text::text[] AS vals, s.most_common_freqs AS freqs, s.null_frac,
+                CASE WHEN s.n_distinct < 0 THEN -s.n_distinct * (SELECT executions_rows FROM est) ELSE s.n_distinct END
+                    AS distinct_values
+            FROM pg_catalog.pg_stats s
+            WHERE s.schemaname = $1::text AND s.tablename = 'executions' AND s.attname = 'status'
+        ),
+        rare AS (
+            SELECT CASE WHEN st.distinct_values > COALESCE(pg_catalog.cardinality(st.vals), 0)
+                THEN GREATEST(1 - (SELECT COALESCE(sum(f), 0) FROM pg_catalog.unnest(st.freqs) f) - st.null_frac, 0)
+                    / (st.distinct_values - COALESCE(pg_catalog.cardinality(st.vals), 0))
+                ELSE 0 END AS freq
+            FROM stats st
+        ),
+        freq AS (
+            SELECT
+                COALESCE(max(u.f) FILTER (WHERE u.v = 'Running'), (SELECT freq FROM rare)) AS running,
+                COALESCE(max(u.f) FILTER (WHERE u.v = 'Completed'), (SELECT freq FROM rare)) AS completed,
+                COALESCE(max(u.f) FILTER (WHERE u.v = 'Failed'), (SELECT freq FROM rare)) AS failed
+            FROM stats st, ROWS FROM (pg_catalog.unnest(st.vals), pg_catalog.unnest(st.freqs)) AS u(v, f)
+        ),
+        big AS (
+            SELECT COALESCE(est.instances_rows >= $2::bigint, FALSE) AS instances_big,
+                COALESCE(est.executions_rows >= $2::bigint, FALSE) AS executions_big,
+                COALESCE(est.instances_rows >= $2::bigint, FALSE) AND EXISTS (SELECT 1 FROM freq WHERE running IS NOT NULL)
+                    AS statuses_big,
+                COALESCE(est.history_rows >= $2::bigint, FALSE) AS history_big
+            FROM est
+        ),
+        exact_status AS (
+            SELECT count(*) FILTER (WHERE e.status = 'Running') AS running,
+                count(*) FILTER (WHERE e.status = 'Completed') AS completed,
+                count(*) FILTER (WHERE e.status = 'Failed') AS failed
+            FROM {s}.instances i
+            JOIN {s}.executions e ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+        )
+        SELECT
+            CASE WHEN big.instances_big THEN est.instances_rows::bigint ELSE (SELECT count(*) FROM {s}.instances) END,
+            CASE WHEN big.executions_big THEN est.executions_rows::bigint ELSE (SELECT count(*) FROM {s}.executions) END,
+            CASE WHEN big.statuses_big THEN pg_catalog.round(est.executions_rows * (SELECT running FROM freq))::bigint
+                ELSE (SELECT running FROM exact_status) END,
+            CASE WHEN big.statuses_big THEN pg_catalog.round(est.executions_rows * (SELECT completed FROM freq))::bigint
+                ELSE (SELECT completed FROM exact_status) END,
+            CASE WHEN big.statuses_big THEN pg_catalog.round(est.executions_rows * (SELECT failed FROM freq))::bigint
+                ELSE (SELECT failed FROM exact_status) END,
+            CASE WHEN big.history_big THEN est.history_rows::bigint ELSE (SELECT count(*) FROM {s}.history) END,
+            big.instances_big, big.executions_big, big.statuses_big, big.history_big
+        FROM est, big";
 
-    /// Messages not held by a live lock, per queue.
-    queue_depths = "SELECT
-            (SELECT count(*) FROM {s}.orchestrator_queue q WHERE NOT EXISTS (
-                SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until_ms > {now})),
-            (SELECT count(*) FROM {s}.worker_queue w WHERE w.lock_token IS NULL OR w.locked_until_ms <= {now})";
+    /// Messages not held by a live lock, per queue ($1, $2 as for
+    /// `system_metrics`): counted while the queue's estimate is under $2;
+    /// above, the estimate less the messages under live locks (which are
+    /// few: one turn's or one activity's each). The last two columns say
+    /// which figures are estimates.
+    queue_depths = "WITH est AS (
+            SELECT
+                max(t.estimate) FILTER (WHERE t.relname = 'instances') AS instances_rows,
+                max(t.estimate) FILTER (WHERE t.relname = 'executions') AS executions_rows,
+                max(t.estimate) FILTER (WHERE t.relname = 'history') AS history_rows,
+                max(t.estimate) FILTER (WHERE t.relname = 'orchestrator_queue') AS orchestrator_queue_rows,
+                max(t.estimate) FILTER (WHERE t.relname = 'worker_queue') AS worker_queue_rows
+            FROM (
+                SELECT c.relname,
+                    CASE WHEN c.reltuples < 0 THEN NULL
+                        WHEN c.relpages = 0 THEN c.reltuples::float8
+                        ELSE c.reltuples::float8 / c.relpages
+                            * (pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::float8)
+                    END AS estimate
+                FROM pg_catalog.pg_class c
+                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = $1::text AND c.relkind = 'r'
+                    AND c.relname IN ('instances', 'executions', 'history', 'orchestrator_queue', 'worker_queue')
+            ) t
+        )
+        SELECT
+            CASE WHEN COALESCE(est.orchestrator_queue_rows >= $2::bigint, FALSE) THEN GREATEST(
+                est.orchestrator_queue_rows::bigint - (SELECT count(*) FROM {s}.instance_locks l
+                    JOIN {s}.orchestrator_queue q ON q.instance_id = l.instance_id
+                    WHERE l.locked_until_ms > {now}), 0)
+            ELSE (SELECT count(*) FROM {s}.orchestrator_queue q WHERE NOT EXISTS (
+                SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until_ms > {now}))
+            END,
+            CASE WHEN COALESCE(est.worker_queue_rows >= $2::bigint, FALSE) THEN GREATEST(
+                est.worker_queue_rows::bigint - (SELECT count(*) FROM {s}.worker_queue w
+                    WHERE w.lock_token IS NOT NULL AND w.locked_until_ms > {now}), 0)
+            ELSE (SELECT count(*) FROM {s}.worker_queue w WHERE w.lock_token IS NULL OR w.locked_until_ms <= {now})
+            END,
+            COALESCE(est.orchestrator_queue_rows >= $2::bigint, FALSE),
+            COALESCE(est.worker_queue_rows >= $2::bigint, FALSE)
+        FROM est";
+
+    /// What an operator's status shows besides the counts, each read from
+    /// an index or a small table ($1: the `LISTEN` statement listeners run):
+    /// the schema version; how long the oldest ready orchestrator message
+    /// (of an unlocked instance) and the oldest ready activity have waited
+    /// since they became visible (NULL: none); instance leases live and
+    /// expired; activity leases live and expired; sessions to this database
+    /// whose last statement is this schema's `LISTEN` (only those this role
+    /// may see in `pg_stat_activity`); the store clock.
+    ops_status = "SELECT
+            (SELECT max(version) FROM {s}._duropg_migrations),
+            {now} - (SELECT q.visible_at_ms FROM {s}.orchestrator_queue q
+                WHERE q.visible_at_ms <= {now} AND NOT EXISTS (
+                    SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until_ms > {now})
+                ORDER BY q.visible_at_ms, q.id LIMIT 1),
+            {now} - (SELECT w.visible_at_ms FROM {s}.worker_queue w
+                WHERE w.visible_at_ms <= {now} AND (w.lock_token IS NULL OR w.locked_until_ms <= {now})
+                ORDER BY w.visible_at_ms LIMIT 1),
+            (SELECT count(*) FROM {s}.instance_locks WHERE locked_until_ms > {now}),
+            (SELECT count(*) FROM {s}.instance_locks WHERE locked_until_ms <= {now}),
+            (SELECT count(*) FROM {s}.worker_queue WHERE lock_token IS NOT NULL AND locked_until_ms > {now}),
+            (SELECT count(*) FROM {s}.worker_queue WHERE lock_token IS NOT NULL AND locked_until_ms <= {now}),
+            (SELECT count(*) FROM pg_catalog.pg_stat_activity
+                WHERE datname = pg_catalog.current_database() AND query = $1::text),
+            {now}";
 
     /// Direct children.
     list_children = "SELECT instance_id FROM {s}.instances WHERE parent_instance_id = $1 ORDER BY instance_id";
@@ -708,6 +844,21 @@ mod tests {
             announce_ctes(find("enqueue_orchestrator")),
             announce_ctes(find("complete_work"))
         );
+    }
+
+    #[test]
+    fn the_catalog_estimates_are_read_alike() {
+        let est = |name: &str| {
+            let t = Sql::templates()
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| *t)
+                .unwrap_or_else(|| panic!("no template {name}"));
+            let end = t.find("\n        )").expect("the est CTE");
+            &t[..end]
+        };
+        assert!(est("system_metrics").starts_with("WITH est AS ("));
+        assert_eq!(est("system_metrics"), est("queue_depths"));
     }
 
     #[test]

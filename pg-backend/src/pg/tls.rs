@@ -63,25 +63,31 @@ impl SslMode {
     }
 }
 
-/// The TLS parameters of a connection string that the driver does not parse.
+/// The parameters of a connection string that duropg reads itself (the
+/// driver knows neither the verify-* TLS modes, nor `sslrootcert`, nor
+/// `pgbouncer`, and would refuse them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsParams {
+pub struct UrlParams {
     /// `sslmode`, if given.
     pub mode: Option<String>,
     /// `sslrootcert`, if given.
     pub root_cert: Option<String>,
+    /// `pgbouncer`, if given (`true` selects PgBouncer transaction-pooling mode).
+    pub pgbouncer: Option<String>,
 }
 
-/// Take `sslmode` and `sslrootcert` out of a connection string (URL or
-/// `key=value` form) and return the rest, which the driver parses.
-pub fn split_tls_params(conn: &str) -> (String, TlsParams) {
-    let mut params = TlsParams::default();
+/// Take duropg's own parameters (`sslmode`, `sslrootcert`, `pgbouncer`) out
+/// of a connection string (URL or `key=value` form) and return the rest,
+/// which the driver parses.
+pub fn split_url_params(conn: &str) -> (String, UrlParams) {
+    let mut params = UrlParams::default();
     let mut take = |key: &str, value: String| match key {
         "sslmode" => params.mode = Some(value),
         "sslrootcert" => params.root_cert = Some(value),
+        "pgbouncer" => params.pgbouncer = Some(value),
         _ => {}
     };
-    let is_ours = |key: &str| key == "sslmode" || key == "sslrootcert";
+    let is_ours = |key: &str| matches!(key, "sslmode" | "sslrootcert" | "pgbouncer");
     let rest = if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
         let (base, query) = conn.split_once('?').unwrap_or((conn, ""));
         let kept: Vec<&str> = query
@@ -158,7 +164,10 @@ pub fn parse_roots(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 pub fn connector_for(mode: SslMode, roots: Vec<CertificateDer<'static>>) -> Result<Connector, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        SslMode::Disable | SslMode::Prefer => return Ok(plain_connector()),
+        SslMode::Disable => return Ok(plain_connector()),
+        // As libpq: TLS when the server offers it (the driver falls back
+        // to plaintext when it answers "no"), its certificate not checked.
+        SslMode::Prefer => Arc::new(AnyCertificate(provider.clone())),
         SslMode::Require if roots.is_empty() => Arc::new(AnyCertificate(provider.clone())),
         SslMode::Require | SslMode::VerifyCa => Arc::new(ChainOnly(webpki(roots, &provider, mode)?)),
         SslMode::VerifyFull => webpki(roots, &provider, mode)?,
@@ -170,6 +179,26 @@ pub fn connector_for(mode: SslMode, roots: Vec<CertificateDer<'static>>) -> Resu
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(rustls_connector(config))
+}
+
+/// The platform's trusted CA certificates (`sslrootcert=system`).
+///
+/// # Errors
+/// When none can be loaded.
+pub fn system_roots() -> Result<Vec<CertificateDer<'static>>, String> {
+    let loaded = rustls_native_certs::load_native_certs();
+    if loaded.certs.is_empty() {
+        let why: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "sslrootcert=system: no trusted CA certificates found in the system store ({})",
+            if why.is_empty() {
+                "it is empty".to_string()
+            } else {
+                why.join("; ")
+            }
+        ));
+    }
+    Ok(loaded.certs)
 }
 
 fn webpki(
@@ -301,24 +330,34 @@ mod tests {
 
     #[test]
     fn url_tls_params_are_taken_out_and_the_rest_kept() {
-        let (rest, p) = split_tls_params(
+        let (rest, p) = split_url_params(
             "postgres://u:p@db:5432/app?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
         );
         assert_eq!(rest, "postgres://u:p@db:5432/app?application_name=x");
         assert_eq!(p.mode.as_deref(), Some("verify-full"));
         assert_eq!(p.root_cert.as_deref(), Some("/etc/ca.pem"));
-        let (rest, p) = split_tls_params("postgres://db/app?sslmode=require");
+        let (rest, p) = split_url_params("postgres://db/app?sslmode=require");
         assert_eq!(
             (rest.as_str(), p.mode.as_deref()),
             ("postgres://db/app", Some("require"))
         );
-        let (rest, p) = split_tls_params("postgres://db/app");
-        assert_eq!((rest.as_str(), p), ("postgres://db/app", TlsParams::default()));
+        let (rest, p) = split_url_params("postgres://db/app");
+        assert_eq!((rest.as_str(), p), ("postgres://db/app", UrlParams::default()));
+    }
+
+    #[test]
+    fn the_pgbouncer_flag_is_taken_out_in_both_forms() {
+        let (rest, p) = split_url_params("postgres://db:6432/app?pgbouncer=true&application_name=x");
+        assert_eq!(rest, "postgres://db:6432/app?application_name=x");
+        assert_eq!(p.pgbouncer.as_deref(), Some("true"));
+        let (rest, p) = split_url_params("host=db port=6432 pgbouncer=true dbname=app");
+        assert_eq!(rest, "host=db port=6432 dbname=app");
+        assert_eq!(p.pgbouncer.as_deref(), Some("true"));
     }
 
     #[test]
     fn key_value_tls_params_are_taken_out() {
-        let (rest, p) = split_tls_params("host=db user=app sslmode=verify-ca sslrootcert='/ca.pem' dbname=app");
+        let (rest, p) = split_url_params("host=db user=app sslmode=verify-ca sslrootcert='/ca.pem' dbname=app");
         assert_eq!(rest, "host=db user=app dbname=app");
         assert_eq!(p.mode.as_deref(), Some("verify-ca"));
         assert_eq!(p.root_cert.as_deref(), Some("/ca.pem"));

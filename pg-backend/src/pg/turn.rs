@@ -30,12 +30,30 @@ impl PgStore {
         if workers > 0 {
             stmts.push(self.notify_stmt(QueueKind::Worker, workers));
         }
+        // Last, so the indices above stand; rolled back with the rest when
+        // the guard fails.
+        stmts.push(Stmt::new(&self.sql.settle_token).bind(plan.lock_token.as_str()));
         let mut conn = self.conn().await?;
-        let results = self.begin(&mut conn, stmts).await?;
-        if guarded(&results[0]) == Guarded::NotHeld {
+        let outcomes = self.begin_each(&mut conn, stmts).await?;
+        // The guard first: when it found no lock, nothing may be applied —
+        // and a rerun of a turn that did commit also fails on its history
+        // rows' keys, which must not hide that the lock is gone.
+        if outcomes
+            .first()
+            .is_some_and(|g| g.as_ref().is_ok_and(|rows| guarded(rows) == Guarded::NotHeld))
+        {
             self.rollback(&mut conn).await;
             return Ok(Guarded::NotHeld);
         }
+        let results = match outcomes.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(results) => results,
+            Err(fault) => {
+                if conn.is_usable() {
+                    self.rollback(&mut conn).await;
+                }
+                return Err(fault);
+            }
+        };
         let xid = col::<i64>(&results[0][0], 1, "instance_locks", &|| "txid".into()).map(uint)?;
         self.commit(&mut conn, Some(xid)).await?;
         // What the turn made visible, including messages that arrived while

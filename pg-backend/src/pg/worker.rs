@@ -116,7 +116,8 @@ impl PgStore {
         if delay_ms.is_none() {
             stmts.push(self.notify_stmt(QueueKind::Worker, 1));
         }
-        // A transaction that learns its id, so a lost COMMIT reply is
+        stmts.push(Stmt::new(&self.sql.settle_token).bind(lock_token));
+        // A transaction that records its token, so a lost COMMIT reply is
         // resolved rather than retried into "no such token".
         let mut conn = self.conn().await?;
         let results = self.begin(&mut conn, stmts).await?;

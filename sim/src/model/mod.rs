@@ -180,6 +180,8 @@ pub struct ModelState {
     pub last_xid: u64,
     /// What became of each transaction that learned its id.
     pub xids: BTreeMap<u64, CommitStatus>,
+    /// Lock tokens of acks and abandons that applied (`settled_tokens`).
+    pub settled: std::collections::BTreeSet<String>,
 }
 
 /// The outcome of executing one request.
@@ -250,8 +252,20 @@ impl ModelState {
         }
     }
 
-    /// Execute one request at store time `now_ms`, as one transaction.
+    /// Execute one request at store time `now_ms`, as one transaction. A
+    /// write under a lock token that applied records the token as settled,
+    /// as `PgStore` does in `settled_tokens` in the same transaction.
     pub fn execute(&mut self, request: &Request, now_ms: u64) -> Executed {
+        let executed = self.execute_one(request, now_ms);
+        if executed.result == Ok(Response::Guarded(Guarded::Applied)) {
+            if let Some(token) = request.settles() {
+                self.settled.insert(token.to_string());
+            }
+        }
+        executed
+    }
+
+    fn execute_one(&mut self, request: &Request, now_ms: u64) -> Executed {
         let plain = |result: Result<Response, StoreFault>, wrote: bool| Executed {
             result,
             xid: None,
@@ -553,5 +567,9 @@ impl Store for ModelStore {
 
     async fn commit_status(&self, xid: u64) -> Result<CommitStatus, StoreFault> {
         want!(self.call(Request::CommitStatus(xid)), "commit_status", Response::Commit(c) => c)
+    }
+
+    async fn token_settled(&self, lock_token: &str) -> Result<bool, StoreFault> {
+        want!(self.call(Request::TokenSettled(lock_token.to_string())), "token_settled", Response::Count(n) => n > 0)
     }
 }

@@ -39,6 +39,7 @@ impl ModelState {
             }
             Request::KvAll(instance) => Response::Pairs(self.kv_merged(instance).into_iter().collect()),
             Request::InstanceStats(instance) => Response::Stats(self.stats(instance)),
+            Request::TokenSettled(token) => Response::Count(u64::from(self.settled.contains(token))),
             Request::CommitStatus(xid) => {
                 Response::Commit(self.xids.get(xid).copied().unwrap_or(CommitStatus::Unknown))
             }
