@@ -2,25 +2,46 @@
 //!
 //! ```sh
 //! cargo run -p duropg-bench --release -- compare [--rounds 3] [--duration 10] [--latency-runs 200] [--write-doc docs/benchmarks.md]
+//! cargo run -p duropg-bench --release -- scale [--rounds 3] [--duration 10] [--latency-runs 200] \
+//!     [--finished 1000000] [--sleeping 100000] [--sessions 10000] [--write-md PATH]
 //! ```
 //!
 //! Each scenario runs each provider on a fresh schema, alternating
 //! duropg, duroxide-pg, duropg, … for every round, and the table reports the
 //! median of the rounds and the ratio duropg / duroxide-pg. Numbers on a
 //! shared machine are noisy; the ratio measured in one run is what to read.
+//! `scale` runs the standard stress and the idle latency on empty and on
+//! seeded schemas, and times a turn on a long history (see [`scale`]).
 #![forbid(unsafe_code)]
 
 mod measure;
 mod report;
+mod scale;
 mod scenarios;
+mod seed;
+mod turns;
 
+use duropg_tests::scale::Scale;
 use report::{Machine, Row, Table};
 use scenarios::Kind;
 use std::time::Duration;
 
+/// Which subcommand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// The full side-by-side comparison.
+    Compare,
+    /// Empty versus seeded schemas, and long histories.
+    Scale,
+}
+
 /// Command-line settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The subcommand.
+    pub command: Command,
+    /// The command line, as a `cargo run` invocation.
+    pub command_line: String,
     /// Database to run against.
     pub url: String,
     /// Rounds of A/B alternation.
@@ -29,32 +50,58 @@ pub struct Settings {
     pub duration_secs: u64,
     /// Sequential runs for the latency scenario.
     pub latency_runs: usize,
-    /// Where to write the markdown report, if anywhere.
+    /// Where to write the markdown report, if anywhere (`--write-doc` for
+    /// `compare`, `--write-md` for `scale`).
     pub write_doc: Option<String>,
+    /// What `scale` seeds.
+    pub scale: Scale,
 }
 
-fn parse_args() -> Result<Settings, String> {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("compare") => {}
-        other => return Err(format!("usage: duropg-bench compare [options] (got {other:?})")),
+/// Parse a flag's value.
+fn number<T: std::str::FromStr>(flag: &str, value: String) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e| format!("{flag}: {e}"))
+}
+
+/// Apply one flag and its value to `s`.
+fn apply(s: &mut Settings, flag: &str, value: String) -> Result<(), String> {
+    match (s.command, flag) {
+        (_, "--rounds") => s.rounds = number(flag, value)?,
+        (_, "--duration") => s.duration_secs = number(flag, value)?,
+        (_, "--latency-runs") => s.latency_runs = number(flag, value)?,
+        (Command::Compare, "--write-doc") | (Command::Scale, "--write-md") => s.write_doc = Some(value),
+        (Command::Scale, "--finished") => s.scale.finished = number(flag, value)?,
+        (Command::Scale, "--sleeping") => s.scale.sleeping = number(flag, value)?,
+        (Command::Scale, "--sessions") => s.scale.idle_sessions = number(flag, value)?,
+        (_, other) => return Err(format!("unknown option {other}")),
     }
+    Ok(())
+}
+
+/// The settings from the command line.
+fn parse_args() -> Result<Settings, String> {
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let mut args = all.clone().into_iter();
+    let command = match args.next().as_deref() {
+        Some("compare") => Command::Compare,
+        Some("scale") => Command::Scale,
+        other => return Err(format!("usage: duropg-bench compare|scale [options] (got {other:?})")),
+    };
     let mut s = Settings {
+        command,
+        command_line: format!("cargo run -p duropg-bench --release -- {}", all.join(" ")),
         url: std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
         rounds: 3,
         duration_secs: 10,
         latency_runs: 200,
         write_doc: None,
+        scale: Scale::PRODUCTION,
     };
     while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--rounds" => s.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
-            "--duration" => s.duration_secs = value()?.parse().map_err(|e| format!("--duration: {e}"))?,
-            "--latency-runs" => s.latency_runs = value()?.parse().map_err(|e| format!("--latency-runs: {e}"))?,
-            "--write-doc" => s.write_doc = Some(value()?),
-            other => return Err(format!("unknown option {other}")),
-        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        apply(&mut s, &flag, value)?;
     }
     if s.rounds == 0 || s.duration_secs == 0 || s.latency_runs == 0 {
         return Err("--rounds, --duration and --latency-runs must be above zero".into());
@@ -71,12 +118,17 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(&settings).await {
+    let outcome = match settings.command {
+        Command::Compare => run(&settings).await,
+        Command::Scale => scale::run(&settings).await,
+    };
+    if let Err(e) = outcome {
         eprintln!("benchmark failed: {e}");
         std::process::exit(1);
     }
 }
 
+/// The `compare` subcommand.
 async fn run(settings: &Settings) -> Result<(), String> {
     let machine = Machine::read(&settings.url).await?;
     eprintln!("{}", machine.describe());
@@ -94,9 +146,23 @@ async fn run(settings: &Settings) -> Result<(), String> {
     let text = report::render(&machine, settings, ceiling, &rows);
     println!("{text}");
     if let Some(path) = &settings.write_doc {
-        std::fs::write(path, report::document(&machine, settings, ceiling, &rows))
-            .map_err(|e| format!("writing {path}: {e}"))?;
+        // The scale sections (from `scale --write-md` and the plans) follow
+        // the marker; a new `compare` run replaces only what precedes it.
+        let kept = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|old| old.find(KEEP_MARKER).map(|i| old[i..].to_string()))
+            .unwrap_or_default();
+        let doc = report::document(&machine, settings, ceiling, &rows);
+        let doc = if kept.is_empty() {
+            doc
+        } else {
+            format!("{}\n{kept}", doc.trim_end())
+        };
+        std::fs::write(path, doc).map_err(|e| format!("writing {path}: {e}"))?;
         eprintln!("wrote {path}");
     }
     Ok(())
 }
+
+/// In docs/benchmarks.md, what follows this line is kept by `compare --write-doc`.
+const KEEP_MARKER: &str = "<!-- kept by compare --write-doc: the scale sections -->";

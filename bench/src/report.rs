@@ -81,12 +81,13 @@ pub struct Row {
 }
 
 /// Results per provider over the rounds.
-pub struct Table {
-    duropg: Vec<Results>,
-    other: Vec<Results>,
+pub struct Table<R = Results> {
+    duropg: Vec<R>,
+    other: Vec<R>,
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+/// The median of `v`; `None` when empty.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -99,7 +100,7 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-impl Table {
+impl<R> Table<R> {
     /// An empty table.
     pub fn new(rounds: usize) -> Self {
         Self {
@@ -109,14 +110,15 @@ impl Table {
     }
 
     /// Add one round's results.
-    pub fn record(&mut self, kind: Kind, r: Results) {
+    pub fn record(&mut self, kind: Kind, r: R) {
         match kind {
             Kind::Duropg => self.duropg.push(r),
             Kind::DuroxidePg => self.other.push(r),
         }
     }
 
-    fn row(&self, metric: &str, decimals: usize, f: impl Fn(&Results) -> Option<f64>) -> Row {
+    /// The row `metric`: the median of `f` over each provider's rounds.
+    pub fn row(&self, metric: &str, decimals: usize, f: impl Fn(&R) -> Option<f64>) -> Row {
         Row {
             metric: metric.to_string(),
             duropg: median(self.duropg.iter().filter_map(&f).collect()),
@@ -124,7 +126,9 @@ impl Table {
             decimals,
         }
     }
+}
 
+impl Table<Results> {
     /// The table's rows; `ceiling` is the server's one-row-insert commit rate.
     pub fn rows(&self, ceiling: f64) -> Vec<Row> {
         let frac = |t: &crate::scenarios::Throughput| Some(100.0 * t.orch_per_s / (ceiling / t.tx_per_orch.max(1e-9)));
@@ -180,7 +184,8 @@ fn cell(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.decimals$}"))
 }
 
-fn table_text(rows: &[Row]) -> String {
+/// The markdown table of `rows`, with the ratio duropg / duroxide-pg.
+pub fn table_text(rows: &[Row]) -> String {
     let mut out = String::from("| metric | duropg | duroxide-pg | duropg / duroxide-pg |\n|---|---:|---:|---:|\n");
     for r in rows {
         let ratio = match (r.duropg, r.other) {
@@ -211,7 +216,7 @@ pub fn render(machine: &Machine, s: &Settings, ceiling: f64, rows: &[Row]) -> St
 }
 
 /// Today's date (UTC), as YYYY-MM-DD.
-fn today() -> String {
+pub fn today() -> String {
     let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)

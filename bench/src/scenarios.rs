@@ -1,6 +1,7 @@
 //! The scenarios, run identically for both providers.
 
 use crate::measure::{connect, counted};
+use crate::seed::Seed;
 use crate::Settings;
 use async_trait::async_trait;
 use duroxide::provider_stress_tests::parallel_orchestrations::{
@@ -32,7 +33,8 @@ impl Kind {
         }
     }
 
-    fn tag(self) -> &'static str {
+    /// Short name used in schema names.
+    pub fn tag(self) -> &'static str {
         match self {
             Kind::Duropg => "dpg",
             Kind::DuroxidePg => "dxpg",
@@ -83,7 +85,8 @@ pub struct Results {
     pub large_latency: Latency,
 }
 
-async fn provider(kind: Kind, url: &str, schema: &str) -> Result<Arc<dyn Provider>, String> {
+/// A provider on `schema`, migrated by the provider itself.
+pub async fn provider(kind: Kind, url: &str, schema: &str) -> Result<Arc<dyn Provider>, String> {
     Ok(match kind {
         Kind::Duropg => Arc::new(
             duropg::PgProvider::builder(url)
@@ -100,7 +103,17 @@ async fn provider(kind: Kind, url: &str, schema: &str) -> Result<Arc<dyn Provide
     })
 }
 
-async fn drop_schema(url: &str, schema: &str) -> Result<(), String> {
+/// A provider on `schema`, seeded with `seed` (if any) once its migrations ran.
+pub async fn prepared(kind: Kind, url: &str, schema: &str, seed: Option<&Seed>) -> Result<Arc<dyn Provider>, String> {
+    let store = provider(kind, url, schema).await?;
+    if let Some(seed) = seed {
+        crate::seed::seed(kind, url, schema, seed).await?;
+    }
+    Ok(store)
+}
+
+/// Drop `schema` and everything in it.
+pub async fn drop_schema(url: &str, schema: &str) -> Result<(), String> {
     connect(url)
         .await?
         .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
@@ -108,11 +121,13 @@ async fn drop_schema(url: &str, schema: &str) -> Result<(), String> {
         .map_err(|e| format!("dropping {schema}: {e}"))
 }
 
-/// duroxide's stress factory: every provider on a fresh schema.
+/// duroxide's stress factory: every provider on a fresh schema, seeded
+/// with `seed` if any.
 struct Factory {
     kind: Kind,
     url: String,
     schema: String,
+    seed: Option<Seed>,
     created: Mutex<Vec<String>>,
 }
 
@@ -125,24 +140,28 @@ impl ProviderStressFactory for Factory {
             created.push(name.clone());
             name
         };
-        match provider(self.kind, &self.url, &schema).await {
+        match prepared(self.kind, &self.url, &schema, self.seed.as_ref()).await {
             Ok(p) => p,
             Err(e) => panic!("creating the {} provider: {e}", self.kind.name()),
         }
     }
 }
 
-async fn throughput(
+/// duroxide's stress scenario with `config` on a fresh schema (seeded with
+/// `seed` if any), named after `label` and `round`.
+pub async fn throughput(
     kind: Kind,
     round: usize,
     label: &str,
     config: StressTestConfig,
+    seed: Option<&Seed>,
     s: &Settings,
 ) -> Result<Throughput, String> {
     let factory = Factory {
         kind,
         url: s.url.clone(),
         schema: format!("bench_{}_{label}_r{round}", kind.tag()),
+        seed: seed.cloned(),
         created: Mutex::new(Vec::new()),
     };
     let tasks = config.tasks_per_instance as f64;
@@ -198,7 +217,8 @@ async fn timed_run(client: &Client, instance: &str, name: &str, input: String) -
     }
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> Latency {
+/// p50 and p99 of `samples`, in milliseconds.
+pub fn percentiles(mut samples: Vec<Duration>) -> Latency {
     samples.sort();
     let at = |q: f64| {
         let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
@@ -210,9 +230,12 @@ fn percentiles(mut samples: Vec<Duration>) -> Latency {
     }
 }
 
-async fn latency(kind: Kind, round: usize, s: &Settings) -> Result<Latency, String> {
-    let schema = format!("bench_{}_lat_r{round}", kind.tag());
-    let store = provider(kind, &s.url, &schema).await?;
+/// Sequential one-activity orchestrations on an idle runtime, on a fresh
+/// schema (seeded with `seed` if any).
+pub async fn latency(kind: Kind, round: usize, seed: Option<&Seed>, s: &Settings) -> Result<Latency, String> {
+    let label = if seed.is_some() { "lat_seed" } else { "lat" };
+    let schema = format!("bench_{}_{label}_r{round}", kind.tag());
+    let store = prepared(kind, &s.url, &schema, seed).await?;
     let (activities, orchestrations) = one_activity();
     let rt = Runtime::start_with_options(store.clone(), activities, orchestrations, RuntimeOptions::default()).await;
     let client = Client::new(store);
@@ -351,12 +374,17 @@ async fn provider_cost(kind: Kind, round: usize, s: &Settings) -> Result<Through
     })
 }
 
-/// Every scenario for one provider in one round.
-pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, String> {
-    let standard = StressTestConfig {
+/// duroxide's standard stress config (2/2 dispatchers) for `s.duration_secs`.
+pub fn standard_config(s: &Settings) -> StressTestConfig {
+    StressTestConfig {
         duration_secs: s.duration_secs,
         ..StressTestConfig::default()
-    };
+    }
+}
+
+/// Every scenario for one provider in one round.
+pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, String> {
+    let standard = standard_config(s);
     let high = StressTestConfig {
         max_concurrent: 64,
         duration_secs: s.duration_secs,
@@ -366,17 +394,17 @@ pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, 
     };
     let provider_cost = provider_cost(kind, round, s).await?;
     eprintln!("  provider cost: {provider_cost:?}");
-    let standard = throughput(kind, round, "std", standard, s).await?;
+    let standard = throughput(kind, round, "std", standard, None, s).await?;
     eprintln!("  standard 2/2: {standard:?}");
     let bare = StressTestConfig {
         activity_delay_ms: 0,
         ..high.clone()
     };
-    let high = throughput(kind, round, "high", high, s).await?;
+    let high = throughput(kind, round, "high", high, None, s).await?;
     eprintln!("  high 8/8: {high:?}");
-    let bare = throughput(kind, round, "bare", bare, s).await?;
+    let bare = throughput(kind, round, "bare", bare, None, s).await?;
     eprintln!("  8/8, 0 ms activities: {bare:?}");
-    let latency = latency(kind, round, s).await?;
+    let latency = latency(kind, round, None, s).await?;
     eprintln!("  latency: {latency:?}");
     let (large, large_latency) = large(kind, round, s).await?;
     eprintln!("  large: {large:?} {large_latency:?}");
