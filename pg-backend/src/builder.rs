@@ -1,13 +1,13 @@
 //! Building a [`PgProvider`]: connection settings, tenant schema, pool, and
 //! the checks that run before any SQL does.
 
-use crate::engine::{Engine, EngineConfig, TokenSource, UuidTokens};
 use crate::pg::migrate::{migrate, MigrateError};
 use crate::pg::tls::{connector_for, parse_roots, split_url_params, system_roots, SslMode, UrlParams};
 use crate::pg::{ConnectionManager, Connector, PgStore};
-use crate::retry::RetryPolicy;
 use crate::PgProvider;
 use duropg_core::schema_name::{SchemaName, SchemaNameError};
+use duropg_engine::retry::RetryPolicy;
+use duropg_engine::{Engine, EngineConfig, Open, TokenSource, UuidTokens};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,18 +91,14 @@ impl fmt::Debug for PgProviderBuilder {
     }
 }
 
-impl PgProvider {
-    /// Connect with defaults: schema [`DEFAULT_SCHEMA`], migrations applied.
-    ///
-    /// # Errors
-    /// See [`PgProviderBuilder::build`].
-    pub async fn connect(url: &str) -> Result<Self, PgError> {
-        Self::builder(url).build().await
-    }
+/// `PgProvider::builder(url)` and `PgProvider::connect(url)`.
+impl Open for PgStore {
+    type Builder = PgProviderBuilder;
+    type Error = PgError;
 
     /// A builder for a provider on the database at `url`
     /// (`postgres://user:password@host:port/database` or key=value form).
-    pub fn builder(url: &str) -> PgProviderBuilder {
+    fn builder(url: &str) -> PgProviderBuilder {
         PgProviderBuilder {
             url: url.to_string(),
             schema: DEFAULT_SCHEMA.to_string(),
@@ -120,6 +116,14 @@ impl PgProvider {
             pgbouncer: None,
             listen_url: None,
         }
+    }
+
+    /// Connect with defaults: schema [`DEFAULT_SCHEMA`], migrations applied.
+    ///
+    /// # Errors
+    /// See [`PgProviderBuilder::build`].
+    async fn connect(url: &str) -> Result<PgProvider, PgError> {
+        Self::builder(url).build().await
     }
 }
 
@@ -365,6 +369,13 @@ impl PgProviderBuilder {
     /// connection is made), the connection string, the target `host:port`, or
     /// the schema's migration state.
     pub async fn build(self) -> Result<PgProvider, PgError> {
+        let (store, config, tokens) = self.build_parts().await?;
+        Ok(Engine::new(store, config, tokens))
+    }
+
+    /// [`PgProviderBuilder::build`] up to the engine: the store and what
+    /// the engine over it is made with.
+    pub(crate) async fn build_parts(self) -> Result<(PgStore, EngineConfig, Arc<dyn TokenSource>), PgError> {
         let (schema, config, connector, pgbouncer) = self.check()?;
         let manager = ConnectionManager::new(
             config,
@@ -405,6 +416,6 @@ impl PgProviderBuilder {
             self.completion_window,
             read_lanes,
         );
-        Ok(Engine::new(store, self.engine, self.tokens))
+        Ok((store, self.engine, self.tokens))
     }
 }

@@ -31,30 +31,67 @@
 //! ```
 //!
 //! The crate is built from three layers (see `docs/architecture.md`):
-//! [`duropg_core`] decides, the [`Engine`] sequences read → decide → write and
-//! owns retries, and a [`Store`] — here [`PgStore`] — reads and writes.
+//! [`duropg_core`] decides, the engine ([`duropg_engine::Engine`], a crate
+//! with no Postgres dependency) sequences read → decide → write and owns
+//! retries, and [`PgStore`] reads and writes.
+//!
+//! # Public API
+//!
+//! What an application needs, and nothing it would have to keep stable by
+//! accident (the list is checked by `tests/tests/public_api.rs`):
+//!
+//! - [`PgProvider`] (duroxide's `Provider`), built by [`PgProviderBuilder`],
+//!   failing with [`PgError`] (schema name, URL, connection, [`MigrateError`]);
+//!   TLS per [`SslMode`]; retries per [`RetryPolicy`]; engine settings in
+//!   [`EngineConfig`] / [`PollConfig`]; lock tokens from a [`TokenSource`].
+//! - The admin capability: `PgProvider` answers duroxide's
+//!   `as_management_capability()` (`ProviderAdmin`: list, inspect, delete,
+//!   prune, metrics, queue depths), and [`PgStore::operational_status`]
+//!   (via `provider.store()`) returns the [`OpsStatus`] `duropg status` shows.
+//! - [`metrics`]: the names of the provider's metrics.
+//! - With the `testing` feature, [`testing`](crate::testing): throwaway
+//!   clusters and a local-database helper.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod builder;
-pub mod engine;
-pub mod metrics;
-pub mod pg;
-pub mod retry;
-pub mod store;
-mod trace;
+mod pg;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use builder::{PgError, PgProviderBuilder, DEFAULT_COMPLETION_WINDOW, DEFAULT_SCHEMA};
-pub use duropg_core as core;
-pub use engine::{Engine, EngineConfig, FetchCounts, FetchStats, PollConfig, Spawner, TokenSource, UuidTokens};
+pub use duropg_core::schema_name::SchemaNameError;
+pub use duropg_core::{SchemaName, StoreFault};
+pub use duropg_engine::{EngineConfig, PollConfig, RetryPolicy, TokenSource, UuidTokens};
+pub use pg::migrate::MigrateError;
 pub use pg::tls::SslMode;
-pub use pg::PgStore;
-pub use retry::RetryPolicy;
-pub use store::Store;
+pub use pg::{Depths, Estimated, OpsStatus, PgStore, SystemCounts};
 
-/// The duropg provider: the [`Engine`] over the Postgres store. Implements
-/// duroxide's `Provider`.
-pub type PgProvider = Engine<PgStore>;
+/// How raw connections are opened, for a TLS stack (or transport) of your
+/// own: give a [`Connector`](connect::Connector) to
+/// [`PgProviderBuilder::connector`]. Its types are tokio-postgres's.
+pub mod connect {
+    pub use crate::pg::{plain_connector, spawn_connection, Connected, Connector};
+}
+
+/// The names of the metrics duropg records through the `metrics` facade
+/// (each documented at its constant), next to duroxide's own.
+pub mod metrics {
+    pub use duropg_engine::metrics::{
+        ALL, AMBIGUOUS_RESOLVED_TOTAL, CLAIMS_TOTAL, LISTENER_CONNECTED, POOL_CONNECTIONS, POOL_WAITING,
+        POOL_WAIT_SECONDS, RETRIES_EXHAUSTED_TOTAL, RETRIES_TOTAL, WAKEUPS_RECEIVED_TOTAL, WAKEUPS_SENT_TOTAL,
+    };
+}
+
+/// The duropg provider: the engine over the Postgres store. Implements
+/// duroxide's `Provider` (and, through `as_management_capability`, its
+/// `ProviderAdmin`).
+pub type PgProvider = duropg_engine::Engine<PgStore>;
+
+/// The schema version this build migrates to (the newest embedded migration).
+pub fn latest_schema_version() -> i32 {
+    pg::migrate::latest_version()
+}
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

@@ -10,8 +10,8 @@
 use crate::model::Executed;
 use crate::request::{Request, Response};
 use crate::trace::{Trace, TraceEvent};
-use duropg::store::Guarded;
 use duropg_core::turn::TurnOp;
+use duropg_engine::store::Guarded;
 use duroxide::providers::WorkItem;
 use std::collections::BTreeMap;
 
@@ -374,9 +374,9 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use duropg::store::InstanceClaim;
     use duropg_core::fetch::ClaimedInstance;
     use duropg_core::work::VersionWindow;
+    use duropg_engine::store::InstanceClaim;
 
     fn claim(token: &str) -> Request {
         Request::ClaimInstance(InstanceClaim {

@@ -8,7 +8,7 @@ use crate::net::{sim_ms, NetStore};
 use crate::runtime::{self, failure_turn, run_activity, Decision, TurnOutput};
 use crate::trace::{Trace, TraceEvent, CALL};
 use crate::workload::Workload;
-use duropg::{Engine, TokenSource};
+use duropg_engine::{Engine, TokenSource};
 use duroxide::providers::{OrchestrationItem, Provider, ProviderError, TagFilter, WorkItem};
 use duroxide::ErrorDetails;
 use rand::{Rng, SeedableRng};

@@ -1,7 +1,7 @@
 //! # duropg-sim
 //!
 //! A deterministic fault-injection simulator for duropg. It drives the real
-//! [`duropg::Engine`] and `duropg-core` — the code production runs — over an
+//! [`duropg_engine::Engine`] and `duropg-core` — the code production runs — over an
 //! in-memory [`ModelStore`] that implements the same `Store` boundary as the
 //! Postgres store, on a simulated network ([turmoil]), with seeded faults at
 //! that boundary, and checks invariants while the run goes and at its end.

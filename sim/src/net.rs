@@ -22,14 +22,14 @@ use crate::model::{Clock, ModelStore};
 use crate::request::{Request, Response, Shape};
 use crate::trace::{current_call, AttemptOutcome, Trace, TraceEvent};
 use async_trait::async_trait;
-use duropg::store::{
-    ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, Signals, Store, WorkClaim,
-};
 use duropg_core::codec::{HistoryRow, StoredEvent};
 use duropg_core::fetch::ClaimedInstance;
 use duropg_core::route::{OrchRow, WorkerRow};
 use duropg_core::turn::{LockRead, TurnPlan};
 use duropg_core::StoreFault;
+use duropg_engine::store::{
+    ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, Signals, Store, WorkClaim,
+};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,4 @@
-//! One [`Store`](duropg::Store) call as a value: what crosses the simulated
+//! One [`Store`](duropg_engine::Store) call as a value: what crosses the simulated
 //! wire, what the model store executes, and what the checker records.
 //!
 //! Each variant is one method of the `Store` trait with its arguments owned.
@@ -8,11 +8,11 @@
 //! because that decides what a client can know when the connection drops
 //! after the request was sent. It must mirror `pg-backend/src/pg/*.rs`.
 
-use duropg::store::{ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, WorkClaim};
 use duropg_core::codec::{HistoryRow, StoredEvent};
 use duropg_core::fetch::ClaimedInstance;
 use duropg_core::route::{OrchRow, WorkerRow};
 use duropg_core::turn::{LockRead, TurnPlan};
+use duropg_engine::store::{ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, WorkClaim};
 
 /// A store call with its arguments.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@
 //! when a module's list and the crate disagree.
 
 use async_trait::async_trait;
-use duropg::{Engine, EngineConfig, PollConfig, UuidTokens};
+use duropg_engine::{Engine, EngineConfig, PollConfig, UuidTokens};
 use duropg_sim::{ModelStore, SystemClock};
 use duroxide::provider_validations::ProviderFactory;
 use duroxide::providers::Provider;

@@ -23,9 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-/// The database the tests use: `DATABASE_URL`, or the local server.
+/// The database the tests use: `DATABASE_URL`, else the local server, else
+/// a throwaway cluster from the installed binaries
+/// ([`duropg::testing::database_url`]; panics naming the install command
+/// when there are none).
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+    duropg::testing::database_url()
 }
 
 /// Log to stderr when `RUST_LOG` is set.

@@ -8,8 +8,8 @@
 //! instance id swapped in by SQL), so a runtime that later claims a seeded
 //! timer or reads a seeded history decodes it like any other.
 
-use duropg::core::SchemaName;
-use duropg::pg::sql::render;
+use duropg::testing::internals::render;
+use duropg_core::SchemaName;
 use duroxide::providers::WorkItem;
 use duroxide::{Event, EventKind};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -183,7 +183,7 @@ pub async fn seed_duropg(client: &tokio_postgres::Client, schema: &str, scale: S
     // VACUUM, not only ANALYZE: fresh rows are not yet all-visible, and the
     // planner (and index-only scans) should see the schema as autovacuum
     // leaves it after a while in production.
-    for table in duropg::pg::sql::TABLES {
+    for table in duropg::testing::internals::TABLES {
         client
             .batch_execute(&render(&format!("VACUUM (ANALYZE) {{s}}.{table}"), &s))
             .await

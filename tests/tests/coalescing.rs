@@ -7,8 +7,8 @@
 //! The providers here re-check the queue only every 60 s, so a fetch that
 //! returns work within its 10 s long poll was woken, not found by polling.
 
-use duropg::store::QueueKind;
 use duropg::{EngineConfig, PgProvider, PollConfig};
+use duropg_engine::store::QueueKind;
 use duropg_tests::cluster::wait_until;
 use duropg_tests::{start_item, started_event, TestSchema};
 use duroxide::providers::{ExecutionMetadata, OrchestrationItem, Provider, ProviderError, TagFilter, WorkItem};

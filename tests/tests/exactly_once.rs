@@ -16,9 +16,9 @@
 //! 3. a claim (fetch) whose COMMIT reply was lost, retried;
 //! 4. a fetch dropped while its pipelined `BEGIN … COMMIT` was at the server.
 
-use duropg::core::SchemaName;
-use duropg::pg::sql::{render, Sql};
+use duropg::testing::internals::{render, Sql};
 use duropg::PgProvider;
+use duropg_core::SchemaName;
 use duropg_tests::proxy::{Action, FatalPlacement, KillStyle, Proxy, Rule};
 use duropg_tests::workload::{self, RunLog};
 use duropg_tests::{activity_item, admin, database_url, start_item, started_event, TestSchema};

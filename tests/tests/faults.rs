@@ -2,9 +2,9 @@
 //! error-mapping function and classified by duropg-core, end to end to the
 //! `ProviderError` duroxide sees.
 
-use duropg::core::fault::{classify, to_provider_error, Class};
-use duropg::pg::error::fault;
-use duropg::RetryPolicy;
+use duropg::testing::internals::fault;
+use duropg_core::fault::{classify, to_provider_error, Class};
+use duropg_engine::RetryPolicy;
 use duropg_tests::{admin, started_event, TestSchema};
 use duroxide::providers::{Provider, WorkItem};
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ async fn a_real_deadlock_is_retryable() {
     let err = ra.err().or(rb.err()).expect("one side must be the deadlock victim");
     let f = fault(&err);
     assert!(
-        matches!(&f, duropg::core::StoreFault::Sql { code, .. } if code == "40P01"),
+        matches!(&f, duropg_core::StoreFault::Sql { code, .. } if code == "40P01"),
         "{f:?}"
     );
     assert_eq!(classify(&f), Class::Retryable);
@@ -75,7 +75,7 @@ async fn a_real_serialization_failure_is_retryable() {
     let err = ca.err().or(cb.err()).expect("one commit must fail to serialize");
     let f = fault(&err);
     assert!(
-        matches!(&f, duropg::core::StoreFault::Sql { code, .. } if code == "40001"),
+        matches!(&f, duropg_core::StoreFault::Sql { code, .. } if code == "40001"),
         "{f:?}"
     );
     assert!(to_provider_error("ack_orchestration_item", &f).is_retryable());

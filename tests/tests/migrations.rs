@@ -2,10 +2,10 @@
 //! refusal to touch a schema this build does not understand, and providers
 //! that keep working while another session migrates under them.
 
-use duropg::pg::migrate::{latest_version, MIGRATIONS};
-use duropg::pg::sql::TABLES;
+use duropg::testing::internals::MIGRATIONS;
+use duropg::testing::internals::TABLES;
 use duropg::PgError;
-use duropg::RetryPolicy;
+use duropg_engine::RetryPolicy;
 use duropg_tests::nodes::Node;
 use duropg_tests::workload::{self, RunLog};
 use duropg_tests::{admin, database_url, RuntimeHarness, TestSchema};
@@ -104,7 +104,7 @@ async fn migrations_create_exactly_the_tables_sql_tables_lists() {
     listed.sort();
     assert_eq!(
         created, listed,
-        "duropg::pg::sql::TABLES must name every table the migrations create"
+        "duropg::testing::internals::TABLES must name every table the migrations create"
     );
 }
 
@@ -127,7 +127,7 @@ async fn fresh_schema_setup_time() {
 async fn a_schema_from_a_newer_duropg_is_refused() {
     let schema = TestSchema::new("newer");
     drop(schema.provider().await);
-    let newer = latest_version() + 1;
+    let newer = duropg::latest_schema_version() + 1;
     admin()
         .await
         .execute(

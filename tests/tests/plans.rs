@@ -12,8 +12,8 @@
 //! `ROW_BUDGET` rows of it. Plans, not timings: the check holds on a busy
 //! machine and fails on an idle one when a plan goes wrong.
 
-use duropg::core::SchemaName;
-use duropg::pg::sql::{render, Sql};
+use duropg::testing::internals::{render, Sql};
+use duropg_core::SchemaName;
 use duropg_tests::scale::{now_ms, seed_duropg, Scale};
 use duropg_tests::{admin, start_item, TestSchema};
 use duroxide::providers::Provider;

@@ -2,8 +2,8 @@
 //! rights only, tenants are isolated, planted objects cannot capture our
 //! queries, and TLS works (and refuses a certificate it cannot verify).
 
-use duropg::pg::migrate::MIGRATIONS;
-use duropg::pg::sql::{render, Sql, TABLES};
+use duropg::testing::internals::MIGRATIONS;
+use duropg::testing::internals::{render, Sql, TABLES};
 use duropg::{PgError, PgProvider};
 use duropg_core::SchemaName;
 use duropg_tests::cluster::{Cluster, ClusterOptions, TestCerts};
@@ -101,6 +101,7 @@ fn no_sql_is_built_with_format_and_the_schema_is_the_only_splice() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
     rust_files(&root.join("pg-backend/src"), &mut files);
+    rust_files(&root.join("pg-backend/engine/src"), &mut files);
     rust_files(&root.join("core/src"), &mut files);
     let mut offenders = Vec::new();
     let mut replacers = Vec::new();
@@ -534,7 +535,9 @@ async fn tls_prefer_encrypts_when_offered_and_falls_back_when_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_verify_full_can_use_the_system_roots() {
     assert!(
-        !duropg::pg::tls::system_roots().expect("system roots").is_empty(),
+        !duropg::testing::internals::system_roots()
+            .expect("system roots")
+            .is_empty(),
         "the system CA store is readable"
     );
     let certs = TestCerts::generate();

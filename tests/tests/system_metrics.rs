@@ -6,8 +6,8 @@
 //! Plans, not timings, are asserted (a busy machine must not fail the
 //! test); the measured times are printed for the record.
 
-use duropg::core::SchemaName;
-use duropg::pg::sql::{render, Sql};
+use duropg::testing::internals::{render, Sql};
+use duropg_core::SchemaName;
 use duropg_tests::scale::{seed_duropg, Scale};
 use duropg_tests::{admin, TestSchema};
 use duroxide::providers::{Provider, SystemMetrics};
@@ -151,7 +151,7 @@ async fn system_metrics_on_a_million_history_rows_read_estimates() {
     );
     assert_eq!(got.failed_instances, 0, "no execution failed");
 
-    let threshold = duropg::pg::SYSTEM_METRICS_EXACT_BELOW;
+    let threshold = duropg::testing::internals::SYSTEM_METRICS_EXACT_BELOW;
     for name in ["system_metrics", "queue_depths"] {
         let found = plan_offences(&client, schema.name(), name, &[&schema.name(), &threshold]).await;
         assert!(found.is_empty(), "{name} reads big tables: {found:?}");

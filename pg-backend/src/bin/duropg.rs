@@ -9,8 +9,8 @@
 //! See "Operating duropg" in docs/operations.md.
 
 use clap::{Args, Parser, Subcommand};
-use duropg::pg::migrate::{latest_version, MigrateError};
-use duropg::pg::OpsStatus;
+use duropg::OpsStatus;
+use duropg::{latest_schema_version as latest_version, MigrateError};
 use duropg::{PgError, PgProvider};
 use duroxide::providers::{ExecutionInfo, InstanceFilter, InstanceInfo, Provider, PruneOptions, PruneResult};
 use duroxide::{Client, ClientError, Event};

@@ -4,7 +4,6 @@
 
 use super::error::{col, int, uint};
 use super::{PgStore, Stmt};
-use crate::trace::{call_span, traced};
 use async_trait::async_trait;
 use duropg_core::admin::{
     check_delete, executions_to_prune, ChildLink, DeleteCandidate, DeleteRefusal, ExecutionSummary,
@@ -13,6 +12,7 @@ use duropg_core::codec::{decode_history, StoredEvent};
 use duropg_core::fault::to_provider_error;
 use duropg_core::instance::version_or_unknown;
 use duropg_core::StoreFault;
+use duropg_engine::trace::{call_span, traced};
 use duroxide::providers::{
     DeleteInstanceResult, ExecutionInfo, InstanceFilter, InstanceInfo, InstanceTree, ProviderAdmin, ProviderError,
     PruneOptions, PruneResult, QueueDepths, SystemMetrics,

@@ -6,7 +6,7 @@
 //! it (a store ignores its own: the engine already woke its fetchers).
 
 use super::conn::ConnectionManager;
-use crate::store::{QueueKind, Signals};
+use duropg_engine::store::{QueueKind, Signals};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -44,9 +44,9 @@ impl Drop for Listener {
 
 /// Start listening: reconnects with backoff for as long as the store lives.
 /// While it is connected, `signals.cross_process()` is true.
-/// `schema` labels its [`LISTENER_CONNECTED`](crate::metrics::LISTENER_CONNECTED)
+/// `schema` labels its [`LISTENER_CONNECTED`](duropg_engine::metrics::LISTENER_CONNECTED)
 /// gauge; received wake-ups count in
-/// [`WAKEUPS_RECEIVED_TOTAL`](crate::metrics::WAKEUPS_RECEIVED_TOTAL).
+/// [`WAKEUPS_RECEIVED_TOTAL`](duropg_engine::metrics::WAKEUPS_RECEIVED_TOTAL).
 pub fn spawn(
     manager: ConnectionManager,
     listen_sql: String,
@@ -56,24 +56,24 @@ pub fn spawn(
 ) -> Listener {
     Listener(tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
-        crate::metrics::listener_connected(&schema, false);
+        duropg_engine::metrics::listener_connected(&schema, false);
         loop {
             if let Ok(mut connected) = manager.open_connected().await {
                 if connected.client.batch_execute(&listen_sql).await.is_ok() {
                     signals.set_cross_process(true);
-                    crate::metrics::listener_connected(&schema, true);
+                    duropg_engine::metrics::listener_connected(&schema, true);
                     backoff = Duration::from_millis(100);
                     // Anything written while nobody listened: let idle fetchers look once.
                     signals.wake(QueueKind::Orchestrator, 1);
                     signals.wake(QueueKind::Worker, 1);
                     while let Some(n) = connected.notifications.recv().await {
                         if let Some((queue, count)) = parse(n.payload(), &origin) {
-                            crate::metrics::wakeups_received(queue, u64::try_from(count).unwrap_or(u64::MAX));
+                            duropg_engine::metrics::wakeups_received(queue, u64::try_from(count).unwrap_or(u64::MAX));
                             signals.wake(queue, count);
                         }
                     }
                     signals.set_cross_process(false);
-                    crate::metrics::listener_connected(&schema, false);
+                    duropg_engine::metrics::listener_connected(&schema, false);
                     tracing::debug!("notification listener disconnected; reconnecting");
                 }
             }

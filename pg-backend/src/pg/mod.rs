@@ -19,17 +19,12 @@ pub mod tls;
 mod turn;
 mod worker;
 
-pub use ops::{Depths, Estimated, OpsStatus, SystemCounts, SYSTEM_METRICS_EXACT_BELOW};
+#[cfg(feature = "testing")]
+pub use ops::SYSTEM_METRICS_EXACT_BELOW;
+pub use ops::{Depths, Estimated, OpsStatus, SystemCounts};
 
-pub use conn::{
-    describe_target, plain_connector, spawn_connection, ConnectError, Connected, ConnectionManager, Connector, PgConn,
-    Stmt,
-};
+pub use conn::{plain_connector, spawn_connection, Connected, ConnectionManager, Connector, PgConn, Stmt};
 
-use crate::retry::RetryPolicy;
-use crate::store::{
-    ClaimedWork, CommitStatus, Guarded, InstanceClaim, QueueKind, RawStats, ReleaseKind, Signals, Store, WorkClaim,
-};
 use async_trait::async_trait;
 use batch::Batcher;
 use duropg_core::codec::{HistoryRow, StoredEvent};
@@ -37,6 +32,10 @@ use duropg_core::fetch::ClaimedInstance;
 use duropg_core::route::{OrchRow, WorkerRow};
 use duropg_core::turn::{LockRead, TurnPlan};
 use duropg_core::{SchemaName, StoreFault};
+use duropg_engine::retry::RetryPolicy;
+use duropg_engine::store::{
+    ClaimedWork, CommitStatus, Guarded, InstanceClaim, QueueKind, RawStats, ReleaseKind, Signals, Store, WorkClaim,
+};
 use error::uint;
 use sql::Sql;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,12 +135,12 @@ const MAX_DEAD_SKIPPED: usize = 16;
 /// per check-out on the hot path.
 ///
 /// Each check-out records the pool's state and how long it waited (see
-/// [`crate::metrics::POOL_CONNECTIONS`]), labelled with `schema`.
+/// [`duropg_engine::metrics::POOL_CONNECTIONS`]), labelled with `schema`.
 async fn checkout<'a>(pool: &'a Pool, manager: &ConnectionManager, schema: &str) -> Result<Pooled<'a>, StoreFault> {
     let started = Instant::now();
     let got = checkout_usable(pool, manager, started).await;
     let state = pool.state();
-    crate::metrics::pool_checkout(
+    duropg_engine::metrics::pool_checkout(
         schema,
         started.elapsed(),
         state.connections.saturating_sub(state.idle_connections),
@@ -298,7 +297,7 @@ impl PgStore {
                 return;
             }
             signals.wake(QueueKind::Orchestrator, 1);
-            crate::metrics::wakeups_sent(QueueKind::Orchestrator, 1);
+            duropg_engine::metrics::wakeups_sent(QueueKind::Orchestrator, 1);
             let sent = match pool.get().await {
                 Ok(mut conn) => conn
                     .pipeline(&[Stmt::new(&sql)
@@ -509,7 +508,7 @@ impl PgStore {
             .filter_map(|r| r.try_get::<_, i32>(0).ok())
             .map(i64::from)
             .sum();
-        crate::metrics::wakeups_sent(queue, u64::try_from(n).unwrap_or(0));
+        duropg_engine::metrics::wakeups_sent(queue, u64::try_from(n).unwrap_or(0));
         self.signals.wake(queue, usize::try_from(n).unwrap_or(0));
     }
 }

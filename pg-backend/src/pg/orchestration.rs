@@ -3,7 +3,6 @@
 use super::batch::Answers;
 use super::error::{col, int, uint};
 use super::{guarded, PgStore, Stmt};
-use crate::store::{Guarded, InstanceClaim, QueueKind, ReleaseKind};
 use duropg_core::codec::{HistoryRow, StoredEvent};
 use duropg_core::fetch::{ClaimedInstance, RawKv, RawMessage};
 use duropg_core::instance::InstanceRow;
@@ -11,6 +10,7 @@ use duropg_core::route::{OrchRow, Visibility};
 use duropg_core::turn::LockRead;
 use duropg_core::work::VersionWindow;
 use duropg_core::StoreFault;
+use duropg_engine::store::{Guarded, InstanceClaim, QueueKind, ReleaseKind};
 use std::collections::HashMap;
 use tokio_postgres::Row;
 

@@ -4,9 +4,9 @@
 use super::batch::Answers;
 use super::error::{col, int, uint};
 use super::{PgStore, Stmt};
-use crate::store::{CommitStatus, RawStats};
 use duropg_core::codec::StoredEvent;
 use duropg_core::StoreFault;
+use duropg_engine::store::{CommitStatus, RawStats};
 use std::collections::HashMap;
 use tokio_postgres::Row;
 

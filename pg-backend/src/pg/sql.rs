@@ -18,6 +18,7 @@ use duropg_core::SchemaName;
 
 /// The tables the migrations create in a tenant schema, besides the migration
 /// ledger `_duropg_migrations`. Templates name each one qualified by `{s}`.
+#[cfg(any(test, feature = "testing"))]
 pub const TABLES: &[&str] = &[
     "instances",
     "executions",
@@ -60,6 +61,7 @@ macro_rules! statements {
             }
 
             /// Every `(name, template)` pair, for tests and audits.
+            #[cfg(any(test, feature = "testing"))]
             pub fn templates() -> &'static [(&'static str, &'static str)] {
                 &[ $( (stringify!($name), $sql), )* ]
             }
@@ -74,8 +76,6 @@ statements! {
     commit = "COMMIT";
     /// Roll it back.
     rollback = "ROLLBACK";
-    /// The store clock.
-    now_ms = "SELECT {now}";
     /// The id of the current transaction (assigning one).
     txid = "SELECT pg_catalog.txid_current()";
     /// What became of a transaction.

@@ -5,10 +5,10 @@ use super::error::{col, int, uint};
 use super::orchestration::{append_stmt, visibility_columns};
 use super::sql::Sql;
 use super::{guarded, PgStore, Stmt};
-use crate::store::{Guarded, QueueKind};
 use duropg_core::route::Visibility;
 use duropg_core::turn::{TurnOp, TurnPlan};
 use duropg_core::StoreFault;
+use duropg_engine::store::{Guarded, QueueKind};
 
 impl PgStore {
     pub(super) async fn apply(&self, plan: &TurnPlan) -> Result<Guarded, StoreFault> {

@@ -2,10 +2,10 @@
 
 use super::error::{col, int, uint};
 use super::{guarded, PgStore, Stmt};
-use crate::store::{ClaimedWork, Guarded, QueueKind, WorkClaim};
 use duropg_core::route::{ActivityKey, OrchRow, WorkerRow};
 use duropg_core::work::TagPredicate;
 use duropg_core::StoreFault;
+use duropg_engine::store::{ClaimedWork, Guarded, QueueKind, WorkClaim};
 
 /// Parse a `claim_work` row.
 fn claimed_work(row: &tokio_postgres::Row) -> Result<ClaimedWork, StoreFault> {

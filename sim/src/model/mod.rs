@@ -24,14 +24,14 @@ mod worker;
 
 use crate::request::{Request, Response};
 use async_trait::async_trait;
-use duropg::store::{
-    ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, Signals, Store, WorkClaim,
-};
 use duropg_core::codec::{HistoryRow, StoredEvent};
 use duropg_core::fetch::ClaimedInstance;
 use duropg_core::route::{OrchRow, Visibility, WorkerRow};
 use duropg_core::turn::{LockRead, TurnPlan};
 use duropg_core::StoreFault;
+use duropg_engine::store::{
+    ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, Signals, Store, WorkClaim,
+};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 

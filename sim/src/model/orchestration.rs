@@ -3,13 +3,13 @@
 
 use super::{Executed, ExecutionEntry, HistoryEntry, InstanceEntry, InstanceLock, ModelState};
 use crate::request::Response;
-use duropg::store::{CommitStatus, Guarded, InstanceClaim, ReleaseKind};
 use duropg_core::codec::{HistoryRow, StoredEvent};
 use duropg_core::fetch::{ClaimedInstance, RawKv, RawMessage};
 use duropg_core::instance::InstanceRow;
 use duropg_core::turn::{TurnOp, TurnPlan};
 use duropg_core::work::VersionWindow;
 use duropg_core::StoreFault;
+use duropg_engine::store::{CommitStatus, Guarded, InstanceClaim, ReleaseKind};
 
 impl ModelState {
     /// Whether the capability window admits the instance's current execution

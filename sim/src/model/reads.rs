@@ -3,11 +3,11 @@
 
 use super::ModelState;
 use crate::request::{Request, Response};
-use duropg::store::{CommitStatus, RawStats};
 use duropg_core::codec::StoredEvent;
 use duropg_core::instance::INITIAL_EXECUTION_ID;
 use duropg_core::turn::LockRead;
 use duropg_core::StoreFault;
+use duropg_engine::store::{CommitStatus, RawStats};
 use std::collections::BTreeMap;
 
 impl ModelState {

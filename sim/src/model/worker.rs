@@ -3,8 +3,8 @@
 
 use super::{Executed, ModelState, SessionEntry, WorkEntry};
 use crate::request::Response;
-use duropg::store::{ClaimedWork, CommitStatus, Guarded, WorkClaim};
 use duropg_core::route::{OrchRow, WorkerRow};
+use duropg_engine::store::{ClaimedWork, CommitStatus, Guarded, WorkClaim};
 
 impl ModelState {
     /// `INSERT INTO worker_queue`, visible now.

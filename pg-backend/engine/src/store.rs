@@ -1,7 +1,7 @@
 //! The storage boundary: everything the [`Engine`](crate::Engine) needs from a
 //! database, one async method per transaction.
 //!
-//! Two stores implement it: [`PgStore`](crate::pg::PgStore) (production) and
+//! Two stores implement it: `PgStore` in `duropg` (production) and
 //! the simulator's in-memory model store. Both must agree on the semantics
 //! documented here; the engine and `duropg-core` above them are shared, so
 //! the simulator exercises the same decisions production makes.

@@ -24,6 +24,7 @@ use std::future::Future;
 use tracing::{Instrument, Span};
 
 /// The span of one call: `call_span!("name")` or `call_span!("name", instance)`.
+#[macro_export]
 macro_rules! call_span {
     ($op:literal) => {
         tracing::debug_span!(
@@ -38,24 +39,21 @@ macro_rules! call_span {
         )
     };
     ($op:literal, $instance:expr) => {{
-        let span = call_span!($op);
+        let span = $crate::call_span!($op);
         span.record("instance", $instance);
         span
     }};
 }
-pub(crate) use call_span;
+pub use crate::call_span;
 
 /// Run `call` inside `span`, recording its outcome (`ok` on success).
-pub(crate) async fn traced<T>(
-    span: Span,
-    call: impl Future<Output = Result<T, ProviderError>>,
-) -> Result<T, ProviderError> {
+pub async fn traced<T>(span: Span, call: impl Future<Output = Result<T, ProviderError>>) -> Result<T, ProviderError> {
     traced_with(span, call, |_, _| "ok").await
 }
 
 /// Run `call` inside `span`; on success `ok(span, value)` records what it
 /// found and names the outcome.
-pub(crate) async fn traced_with<T>(
+pub async fn traced_with<T>(
     span: Span,
     call: impl Future<Output = Result<T, ProviderError>>,
     ok: impl FnOnce(&Span, &T) -> &'static str,

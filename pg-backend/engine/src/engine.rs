@@ -199,6 +199,36 @@ struct EmptyMark {
     claimed: u64,
 }
 
+/// A store opened from a connection string. It gives `Engine<S>` its
+/// constructors `Engine::<S>::builder(url)` and `Engine::<S>::connect(url)`
+/// (so `duropg::PgProvider::builder(url)` works without importing a trait)
+/// without this crate naming the store.
+pub trait Open: Store + Sized {
+    /// The store's builder (it builds the whole `Engine<Self>`).
+    type Builder;
+    /// Why opening failed.
+    type Error;
+    /// A builder for an engine over this store at `url`.
+    fn builder(url: &str) -> Self::Builder;
+    /// An engine over this store at `url` with every default.
+    fn connect(url: &str) -> impl Future<Output = Result<Engine<Self>, Self::Error>> + Send;
+}
+
+impl<S: Open> Engine<S> {
+    /// A builder for an engine over the store `S` at `url` ([`Open::builder`]).
+    pub fn builder(url: &str) -> S::Builder {
+        S::builder(url)
+    }
+
+    /// An engine over the store `S` at `url` with every default ([`Open::connect`]).
+    ///
+    /// # Errors
+    /// Whatever opening the store reports.
+    pub async fn connect(url: &str) -> Result<Self, S::Error> {
+        S::connect(url).await
+    }
+}
+
 impl<S: Store> std::fmt::Debug for Engine<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")

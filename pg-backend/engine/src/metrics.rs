@@ -125,18 +125,20 @@ pub(crate) fn claimed(queue: &'static str, found: bool) {
     ::metrics::counter!(CLAIMS_TOTAL, "queue" => queue, "found" => found).increment(1);
 }
 
-pub(crate) fn wakeups_sent(queue: QueueKind, items: u64) {
+/// Count `items` wake-ups announced on `queue`.
+pub fn wakeups_sent(queue: QueueKind, items: u64) {
     if items > 0 {
         ::metrics::counter!(WAKEUPS_SENT_TOTAL, "queue" => queue_label(queue)).increment(items);
     }
 }
 
-pub(crate) fn wakeups_received(queue: QueueKind, items: u64) {
+/// Count `items` wake-ups received for `queue`.
+pub fn wakeups_received(queue: QueueKind, items: u64) {
     ::metrics::counter!(WAKEUPS_RECEIVED_TOTAL, "queue" => queue_label(queue)).increment(items);
 }
 
 /// What one check-out saw of the pool.
-pub(crate) fn pool_checkout(schema: &str, waited: Duration, in_use: u32, idle: u32, waiting: u64) {
+pub fn pool_checkout(schema: &str, waited: Duration, in_use: u32, idle: u32, waiting: u64) {
     let schema = schema.to_string();
     ::metrics::histogram!(POOL_WAIT_SECONDS, "schema" => schema.clone()).record(waited.as_secs_f64());
     ::metrics::gauge!(POOL_CONNECTIONS, "schema" => schema.clone(), "state" => "in_use").set(f64::from(in_use));
@@ -144,7 +146,8 @@ pub(crate) fn pool_checkout(schema: &str, waited: Duration, in_use: u32, idle: u
     ::metrics::gauge!(POOL_WAITING, "schema" => schema).set(waiting as f64);
 }
 
-pub(crate) fn listener_connected(schema: &str, up: bool) {
+/// Whether the schema's LISTEN connection is up.
+pub fn listener_connected(schema: &str, up: bool) {
     ::metrics::gauge!(LISTENER_CONNECTED, "schema" => schema.to_string()).set(if up { 1.0 } else { 0.0 });
 }
 
