@@ -4,25 +4,20 @@
 //! cargo run -p duropg --example hello
 //! ```
 //!
-//! Uses `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
-//! and the schema `duropg_example`.
+//! Uses `DATABASE_URL`, else the local server on 127.0.0.1:5432, else a
+//! throwaway cluster started from the installed PostgreSQL binaries; the
+//! schema is `duropg_example`.
+
+mod common;
 
 use duroxide::runtime::registry::ActivityRegistry;
 use duroxide::runtime::Runtime;
-use duroxide::{ActivityContext, Client, OrchestrationContext, OrchestrationRegistry, OrchestrationStatus};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use duroxide::{ActivityContext, Client, OrchestrationContext, OrchestrationRegistry};
+use std::time::Duration;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let provider = Arc::new(
-        duropg::PgProvider::builder(&url)
-            .schema("duropg_example")
-            .build()
-            .await?,
-    );
-
+async fn main() -> common::Res {
+    let provider = common::provider("duropg_example").await?;
     let activities = ActivityRegistry::builder()
         .register("Greet", |_ctx: ActivityContext, name: String| async move {
             Ok(format!("Hello, {name}!"))
@@ -39,17 +34,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let runtime = Runtime::start_with_store(provider.clone(), activities, orchestrations).await;
     let client = Client::new(provider);
-    let instance = format!("hello-{}", SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis());
+    let instance = common::unique("hello");
     client
         .start_orchestration(&instance, "HelloTwice", "PostgreSQL")
         .await?;
-    let status = client.wait_for_orchestration(&instance, Duration::from_secs(30)).await;
+    let output = common::output(&client, &instance).await;
     runtime.shutdown(None).await;
-    match status {
-        Ok(OrchestrationStatus::Completed { output, .. }) => {
-            println!("{instance} completed: {output}");
-            Ok(())
-        }
-        other => Err(format!("{instance} did not complete: {other:?}").into()),
-    }
+    common::check(
+        &format!("{instance} completed"),
+        &output?,
+        "Hello, PostgreSQL! Hello, PostgreSQL again!",
+    )
 }

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! The port is the first argument, else `DUROPG_METRICS_PORT`, else 9464.
-//! The database is `DATABASE_URL` (default: the local server), the schema
+//! The database is `DATABASE_URL` (else the local server, else a throwaway
+//! cluster; see `duropg::testing::database_url`), the schema
 //! `DUROPG_SCHEMA` (default `duropg_example`). The example installs the
 //! Prometheus recorder before building anything (both duropg and duroxide
 //! record through the `metrics` facade, so one exporter serves both), runs
@@ -35,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Installed first: the recorder must be in place before anything records.
     PrometheusBuilder::new().with_http_listener(addr).install()?;
 
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = duropg::testing::try_database_url()?;
     let schema = std::env::var("DUROPG_SCHEMA").unwrap_or_else(|_| "duropg_example".into());
     let provider = Arc::new(PgProvider::builder(&url).schema(&schema).build().await?);
 
@@ -58,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
     {
         OrchestrationStatus::Completed { output, .. } => println!("{instance} completed: {output}"),
-        other => println!("{instance} ended as {other:?}"),
+        other => return Err(format!("{instance} ended as {other:?}").into()),
     }
     println!("serving metrics on http://{addr}/metrics");
 
