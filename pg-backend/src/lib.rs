@@ -50,7 +50,8 @@
 //!   (via `provider.store()`) returns the [`OpsStatus`] `duropg status` shows.
 //! - [`metrics`]: the names of the provider's metrics.
 //! - With the `testing` feature, [`testing`](crate::testing): throwaway
-//!   clusters and a local-database helper.
+//!   clusters, a local-database helper, and seeded storage-fault injection
+//!   for running your own orchestrations under provider faults.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

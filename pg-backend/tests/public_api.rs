@@ -47,6 +47,10 @@ const EXPECTED: &[&str] = &[
     "metrics::WAKEUPS_RECEIVED_TOTAL",
     "metrics::WAKEUPS_SENT_TOTAL",
     "testing",
+    "testing::FaultConfig",
+    "testing::FaultCounts",
+    "testing::FaultyPgProvider",
+    "testing::FaultyStore",
     "testing::LOCAL_URL",
     "testing::cluster",
     "testing::database_url",
@@ -160,5 +164,7 @@ fn the_listed_items_resolve() {
     named::<duropg::MigrateError>();
     named::<duropg::OpsStatus>();
     named::<duropg::connect::Connector>();
+    named::<duropg::testing::FaultyPgProvider>();
+    named::<duropg::testing::FaultConfig>();
     named::<duropg::testing::cluster::Cluster>();
 }

@@ -5,11 +5,18 @@
 //!   server, else a throwaway cluster started from the installed PostgreSQL
 //!   binaries — or the install command when there are none;
 //! - [`cluster`]: throwaway clusters (initdb + pg_ctl in a temp dir);
+//! - [`FaultyStore`]: seeded storage faults injected under the real engine,
+//!   so your own orchestrations run on the real duroxide runtime while
+//!   deadlocks, serialization failures, pool timeouts and lost commit
+//!   replies happen ([`PgProviderBuilder::build_with_faults`](crate::PgProviderBuilder::build_with_faults));
 //! - [`internals`]: duropg's SQL and migrations, for tests that inspect them.
 //!
 //! Nothing here is meant for production builds.
 
 pub mod cluster;
+mod faults;
+
+pub use faults::{FaultConfig, FaultCounts, FaultyPgProvider, FaultyStore};
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::OnceLock;
