@@ -270,7 +270,7 @@ impl World {
             if now >= self.config.safety_ms && self.switch.enabled() {
                 self.switch.turn_off();
             }
-            if !self.switch.enabled() && step % 50 == 0 && self.quiescent() {
+            if !self.switch.enabled() && step.is_multiple_of(50) && self.quiescent() {
                 return (now, Some(now), None);
             }
             if now >= deadline {
