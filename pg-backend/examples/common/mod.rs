@@ -12,10 +12,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// What an example's `main` returns.
 pub type Res<T = ()> = Result<T, Box<dyn Error>>;
 
-/// `DATABASE_URL`, else the local server, else a throwaway cluster (or the
-/// install command when PostgreSQL is not installed).
+/// `DATABASE_URL`, else the local server, else a throwaway cluster; when
+/// PostgreSQL is not installed, print the install command and exit.
 pub fn url() -> Res<String> {
-    Ok(duropg::testing::try_database_url()?)
+    duropg::testing::try_database_url().or_else(|why| {
+        eprintln!("{why}");
+        std::process::exit(2)
+    })
 }
 
 /// A provider on `schema` (created and migrated on first use).
