@@ -310,6 +310,22 @@ impl<S: Store> Engine<S> {
             .map_err(|fault| self.fault_error(operation, &fault))
     }
 
+    /// [`Engine::call`] for an operation that is idempotent by its lock
+    /// token (a release, a renewal): an unknown outcome is rerun like a
+    /// retryable fault, because a rerun after a committed attempt changes
+    /// nothing.
+    async fn call_idempotent<T, F, Fut>(&self, operation: &'static str, op: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreFault>>,
+    {
+        self.config
+            .retry
+            .run_idempotent(self.classify, operation, op)
+            .await
+            .map_err(|fault| self.fault_error(operation, &fault))
+    }
+
     /// Run a guarded write under the retry policy — bounded by the time left
     /// on the lease it serves, when this process handed that lease out —
     /// resolving an unknown outcome by its lock token, never by guessing.
@@ -457,7 +473,9 @@ impl<S: Store> Engine<S> {
     /// the retry policy, an unknown outcome retried with the same token
     /// (claims are idempotent by token, see [`Store::claim_instance`]); if
     /// the caller is gone when it returns — the runtime dropped the fetch —
-    /// `release` gives back what it claimed at once.
+    /// `release` gives back what it claimed at once, under the same retry
+    /// policy (a release is guarded by its lock, so a rerun after a lost
+    /// reply changes nothing).
     async fn detached_claim<T, C, CF, R, RF>(
         &self,
         operation: &'static str,
@@ -469,8 +487,8 @@ impl<S: Store> Engine<S> {
         T: Send + 'static,
         C: Fn(Arc<S>) -> CF + Send + Sync + 'static,
         CF: Future<Output = Result<Option<T>, StoreFault>> + Send,
-        R: FnOnce(Arc<S>) -> RF + Send + 'static,
-        RF: Future<Output = ()> + Send,
+        R: Fn(Arc<S>) -> RF + Send + Sync + 'static,
+        RF: Future<Output = Result<(), StoreFault>> + Send,
     {
         let store = Arc::clone(&self.store);
         let (policy, classify) = (self.config.retry, self.classify);
@@ -485,9 +503,15 @@ impl<S: Store> Engine<S> {
                 if let Ok(found) = &outcome {
                     metrics::claimed(metrics::queue_label(queue), found.is_some());
                 }
-                if let Err(Ok(Some(_))) = tx.send(outcome) {
+                let kept = crate::defects::active(crate::defects::Defect::CancelledClaimKept);
+                if let (Err(Ok(Some(_))), false) = (tx.send(outcome), kept) {
                     tracing::debug!(operation, "the fetch was dropped during its claim; releasing the claim");
-                    release(store).await;
+                    let released = policy
+                        .run_idempotent(classify, operation, || release(Arc::clone(&store)))
+                        .await;
+                    if let Err(fault) = released {
+                        tracing::warn!(operation, %fault, "could not release the claim of a dropped fetch; it ends with its lease");
+                    }
                 }
             }
             .instrument(span),

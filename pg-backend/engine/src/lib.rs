@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[doc(hidden)]
+pub mod defects;
 mod engine;
 pub mod metrics;
 pub mod retry;

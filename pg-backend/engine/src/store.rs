@@ -242,6 +242,9 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_instance(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault>;
 
     /// Give back a claimed instance without a turn (see [`ReleaseKind`]).
+    ///
+    /// Idempotent by the token: the release applies only while the token
+    /// still holds its lock, so a rerun after a lost reply changes nothing.
     async fn release_instance(&self, lock_token: &str, kind: ReleaseKind) -> Result<(), StoreFault>;
 
     /// Read what a lock token locks, with the store's clock.

@@ -435,6 +435,6 @@ impl bb8::ManageConnection for ConnectionManager {
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
-        conn.is_broken()
+        conn.is_broken() && !duropg_engine::defects::active(duropg_engine::defects::Defect::DeadConnectionsReused)
     }
 }

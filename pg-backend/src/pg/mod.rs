@@ -40,7 +40,8 @@ use error::uint;
 use sql::Sql;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_postgres::Row;
 
 type Pool = bb8::Pool<ConnectionManager>;
@@ -160,7 +161,7 @@ async fn checkout_usable<'a>(
             let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             error::pool_fault(e, waited_ms, manager.last_error())
         })?;
-        if conn.is_usable() {
+        if conn.is_usable() || duropg_engine::defects::active(duropg_engine::defects::Defect::DeadConnectionsReused) {
             return Ok(conn);
         }
         // Dropped here: `has_broken` sees the closed client and bb8 discards it.
@@ -522,6 +523,9 @@ impl PgStore {
 /// connection loses the reply. Those are
 /// [`StoreFault::CommitOutcomeUnknown`], carrying `xid` when known.
 pub(crate) fn commit_failure(fault: StoreFault, xid: Option<u64>) -> StoreFault {
+    if duropg_engine::defects::active(duropg_engine::defects::Defect::CommitErrorReadAsNotCommitted) {
+        return fault;
+    }
     match &fault {
         StoreFault::Sql { code, .. } if code.starts_with("23") || code.starts_with("40") => fault,
         StoreFault::CommitOutcomeUnknown { .. } => fault,

@@ -102,25 +102,32 @@ impl PgStore {
         Ok(Some(claimed_batch(&instance, token, now_ms, &results[1..5])?))
     }
 
+    /// Release a claim that will not be delivered. Guarded by the lock, like
+    /// an abandon: `delete_lock` runs first and, when the token holds
+    /// nothing (an earlier attempt committed and its reply was lost), the
+    /// transaction rolls back — so a rerun never hides or gives back the
+    /// messages' attempt twice, and the engine may rerun it freely.
     pub(super) async fn release(&self, lock_token: &str, kind: ReleaseKind) -> Result<(), StoreFault> {
         let sql = &self.sql;
-        let messages = match kind {
-            ReleaseKind::DropMessages => Some(Stmt::new(&sql.delete_tagged).bind(lock_token)),
-            ReleaseKind::Defer { delay_ms } => Some(
+        let mut stmts = vec![Stmt::new(&sql.delete_lock).bind(lock_token)];
+        match kind {
+            ReleaseKind::DropMessages => stmts.push(Stmt::new(&sql.delete_tagged).bind(lock_token)),
+            ReleaseKind::Defer { delay_ms } => stmts.push(
                 Stmt::new(&sql.untag_messages)
                     .bind(lock_token)
                     .bind(Some(int(delay_ms)))
                     .bind(true),
             ),
-            ReleaseKind::Unlock => None,
-        };
-        let mut stmts: Vec<Stmt> = messages.into_iter().collect();
-        stmts.push(Stmt::new(&sql.delete_lock).bind(lock_token));
-        if kind == ReleaseKind::Unlock {
-            stmts.push(self.notify_stmt(QueueKind::Orchestrator, 1));
+            ReleaseKind::Unlock => stmts.push(self.notify_stmt(QueueKind::Orchestrator, 1)),
         }
         let mut conn = self.conn().await?;
-        let results = self.transact(&mut conn, stmts).await?;
+        let results = self.begin(&mut conn, stmts).await?;
+        let Some(row) = results[0].first() else {
+            self.rollback(&mut conn).await;
+            return Ok(());
+        };
+        let xid = uint(col(row, 1, "instance_locks", &|| format!("lock token {lock_token:?}"))?);
+        self.commit(&mut conn, Some(xid)).await?;
         if kind == ReleaseKind::Unlock {
             self.wake_announced(QueueKind::Orchestrator, results.last().map_or(&[][..], Vec::as_slice));
         }

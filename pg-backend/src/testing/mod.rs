@@ -71,7 +71,7 @@ fn resolve() -> Result<String, String> {
 /// inspect the schema or the statements. Not covered by semver.
 pub mod internals {
     pub use crate::pg::error::fault;
-    pub use crate::pg::migrate::{Migration, MIGRATIONS};
+    pub use crate::pg::migrate::{checksum, Migration, MIGRATIONS};
     pub use crate::pg::sql::{render, Sql, TABLES};
     pub use crate::pg::tls::system_roots;
     pub use crate::pg::SYSTEM_METRICS_EXACT_BELOW;

@@ -68,17 +68,23 @@ impl<S: Store> Engine<S> {
             };
             let claimed_at = tokio::time::Instant::now();
             let token = claim.lock_token.clone();
+            let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
             let Some(batch) = self
                 .detached_claim(
                     OP,
                     QueueKind::Orchestrator,
                     move |store: Arc<S>| {
-                        let claim = claim.clone();
+                        let mut claim = claim.clone();
+                        let n = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n > 0 && crate::defects::active(crate::defects::Defect::ClaimRetriedAsNew) {
+                            claim.lock_token = format!("{}-retry{n}", claim.lock_token);
+                        }
                         async move { store.claim_instance(&claim).await }
                     },
-                    move |store: Arc<S>| async move {
+                    move |store: Arc<S>| {
+                        let token = token.clone();
                         // Unlock, and give back the attempt the claim counted.
-                        let _ = store.abandon_instance(&token, None, true).await;
+                        async move { store.abandon_instance(&token, None, true).await.map(|_| ()) }
                     },
                 )
                 .await?
@@ -101,7 +107,8 @@ impl<S: Store> Engine<S> {
                 }
                 FetchDecision::Empty => ReleaseKind::Unlock,
             };
-            self.call(OP, || self.store.release_instance(&token, release)).await?;
+            self.call_idempotent(OP, || self.store.release_instance(&token, release))
+                .await?;
         }
         Ok(None)
     }
@@ -205,7 +212,10 @@ impl<S: Store> Engine<S> {
     ) -> Result<(), ProviderError> {
         const OP: &str = "renew_orchestration_item_lock";
         let extend_ms = duration_ms(extend_for);
-        match self.call(OP, || self.store.renew_instance_lock(lock_token, extend_ms)).await? {
+        match self
+            .call_idempotent(OP, || self.store.renew_instance_lock(lock_token, extend_ms))
+            .await?
+        {
             Guarded::Applied => {
                 self.extend_lease(lock_token, extend_ms);
                 Ok(())

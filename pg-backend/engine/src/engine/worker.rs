@@ -73,9 +73,10 @@ impl<S: Store> Engine<S> {
                         let claim = claim.clone();
                         async move { store.claim_work_item(&claim).await }
                     },
-                    move |store: Arc<S>| async move {
+                    move |store: Arc<S>| {
+                        let token = release_token.clone();
                         // Unlock at once, and give back the attempt the claim counted.
-                        let _ = store.abandon_work_item(&release_token, None, true).await;
+                        async move { store.abandon_work_item(&token, None, true).await.map(|_| ()) }
                     },
                 )
                 .await?
@@ -153,7 +154,10 @@ impl<S: Store> Engine<S> {
     pub(crate) async fn renew_work(&self, lock_token: &str, extend_for: Duration) -> Result<(), ProviderError> {
         const OP: &str = "renew_work_item_lock";
         let extend_ms = duration_ms(extend_for);
-        match self.call(OP, || self.store.renew_work_item(lock_token, extend_ms)).await? {
+        match self
+            .call_idempotent(OP, || self.store.renew_work_item(lock_token, extend_ms))
+            .await?
+        {
             Guarded::Applied => {
                 self.extend_lease(lock_token, extend_ms);
                 Ok(())
