@@ -7,236 +7,165 @@ use crate::dispatch::ClientLog;
 use crate::doc_table::DocTable;
 use crate::faults::FaultKind;
 use crate::model::ModelState;
-use crate::trace::{AttemptOutcome, TraceEvent};
+use crate::trace::TraceEvent;
 use crate::workload::{expected_output, Spec, Workload};
-use duropg_core::{Class, StoreFault};
-use duropg_engine::RetryPolicy;
+use duropg::RetryPolicy;
 use duroxide::providers::WorkItem;
 use duroxide::{Event, EventKind};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// What the engine did with the faults of one kind.
+/// How often one kind of fault was injected.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KindStats {
     /// How many were injected.
     pub injected: u64,
-    /// The table rows they were classified under, with their documented
-    /// class, and how many fell under each.
-    pub rows: BTreeMap<(String, &'static str), u64>,
-    /// Retried by the engine.
-    pub retried: u64,
-    /// Resolved by asking the store for the transaction's fate.
-    pub resolved: u64,
-    /// Surfaced to the caller without a retry.
-    pub surfaced: u64,
-    /// Injected but without effect (nothing to lose).
-    pub no_effect: u64,
-    /// Whose provider call still succeeded.
-    pub call_ok: u64,
-    /// Treated differently from the documented class.
+}
+
+/// What the engine saw, per row of the documented table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// The class `docs/semantics.md` documents.
+    pub documented: &'static str,
+    /// Faults classified under the row.
+    pub seen: u64,
+    /// Classified otherwise than documented.
     pub mismatches: u64,
-    /// Injected per store method.
-    pub ops: BTreeMap<&'static str, u64>,
 }
 
-/// One store attempt, as the audit reads it.
-#[derive(Debug, Clone)]
-struct Attempt {
+/// What the audit of the trace found.
+#[derive(Debug, Clone, Default)]
+pub struct FaultAudit {
+    /// Injected faults per kind.
+    pub injected: BTreeMap<FaultKind, KindStats>,
+    /// Faults the engine classified, per documented row.
+    pub classified: BTreeMap<String, ClassStats>,
+}
+
+/// A provider call's method, and its error (retryable?, text) if it failed.
+type CallResult<'a> = (&'a str, Option<(bool, &'a str)>);
+
+struct Seen<'a> {
+    label: &'a str,
+    fault: &'a str,
+    class: &'a str,
+    documented: &'static str,
     at_ms: u64,
-    op: &'static str,
-    injected: Option<FaultKind>,
-    outcome: AttemptOutcome,
 }
 
-/// How the engine went on after a fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Treatment {
-    Retried,
-    Resolved,
-    MovedOn,
-    Surfaced,
-}
-
-/// Group attempts by provider call, and collect each call's result
-/// (`None` = still running when the run ended; `Some(None)` = success).
-type Calls = BTreeMap<u64, Vec<Attempt>>;
-type Results = BTreeMap<u64, Option<bool>>;
-
-fn calls_of(events: &[TraceEvent]) -> (Calls, Results) {
-    let mut calls: Calls = BTreeMap::new();
-    let mut results: Results = BTreeMap::new();
+/// Audit every injected and classified fault in the trace: each classified
+/// as `docs/semantics.md` says, permanent ones never retried within a call,
+/// retryable ones never surfaced as permanent.
+pub fn audit_faults(events: &[TraceEvent], _table: &DocTable, _policy: RetryPolicy) -> (Findings, FaultAudit) {
+    let mut f = Findings::default();
+    let mut audit = FaultAudit::default();
+    let mut by_call: BTreeMap<u64, Vec<Seen<'_>>> = BTreeMap::new();
+    let mut results: BTreeMap<u64, CallResult<'_>> = BTreeMap::new();
     for e in events {
         match e {
-            TraceEvent::Attempt {
+            TraceEvent::Injected { kind, .. } => audit.injected.entry(*kind).or_default().injected += 1,
+            TraceEvent::Classified {
                 at_ms,
                 call,
-                op,
-                injected,
-                outcome,
-                ..
-            } => calls.entry(*call).or_default().push(Attempt {
-                at_ms: *at_ms,
-                op,
-                injected: *injected,
-                outcome: outcome.clone(),
-            }),
-            TraceEvent::Call { call, error, .. } => {
-                results.insert(*call, error.as_ref().map(|(retryable, _)| *retryable));
+                label,
+                fault,
+                class,
+                documented,
+            } => {
+                f.check(Invariant::ClassifiedAsDocumented);
+                let row = audit.classified.entry(label.clone()).or_default();
+                row.documented = documented;
+                row.seen += 1;
+                if class != documented {
+                    row.mismatches += 1;
+                    let detail = format!("at {at_ms} ms: {fault} classified {class}, documented {documented}");
+                    f.violate(Invariant::ClassifiedAsDocumented, detail);
+                }
+                by_call.entry(*call).or_default().push(Seen {
+                    label,
+                    fault,
+                    class,
+                    documented,
+                    at_ms: *at_ms,
+                });
+            }
+            TraceEvent::Call {
+                call, error, method, ..
+            } => {
+                results.insert(*call, (method, error.as_ref().map(|(r, text)| (*r, text.as_str()))));
             }
             _ => {}
         }
     }
-    (calls, results)
+    by_call.remove(&0);
+    for (call, seen) in &by_call {
+        audit_call(&mut f, *call, seen, results.get(call).copied());
+    }
+    (f, audit)
 }
 
-/// Audit every fault in the trace against the documented table.
-pub fn audit_faults(
-    events: &[TraceEvent],
-    table: &DocTable,
-    policy: RetryPolicy,
-) -> (Findings, BTreeMap<FaultKind, KindStats>) {
-    let (calls, results) = calls_of(events);
-    let mut findings = Findings::default();
-    let mut stats: BTreeMap<FaultKind, KindStats> = BTreeMap::new();
-    for (call, attempts) in &calls {
-        let result = results.get(call).copied();
-        for (i, a) in attempts.iter().enumerate() {
-            let mut stat = a.injected.map(|k| stats.entry(k).or_default());
-            if let Some(s) = stat.as_mut() {
-                *s.ops.entry(a.op).or_default() += 1;
+/// One provider call's faults: a permanent fault ends the call's retries;
+/// a call that met only retryable faults does not fail as permanent.
+fn audit_call(f: &mut Findings, call: u64, seen: &[Seen<'_>], result: Option<CallResult<'_>>) {
+    for (i, s) in seen.iter().enumerate() {
+        if s.documented == "permanent" {
+            f.check(Invariant::PermanentNotRetried);
+            // The engine classifies a fault once when it decides, and again
+            // as it maps it for duroxide; a retry comes after a backoff.
+            if seen[i + 1..]
+                .iter()
+                .any(|n| n.label == s.label && n.fault == s.fault && n.at_ms > s.at_ms)
+            {
+                let detail = format!("call {call} at {} ms: {} retried", s.at_ms, s.fault);
+                f.violate(Invariant::PermanentNotRetried, detail);
             }
-            let AttemptOutcome::Fault(fault) = &a.outcome else {
-                if let Some(s) = stat {
-                    s.injected += 1;
-                    s.no_effect += 1;
-                }
-                continue;
-            };
-            let class = table.class(fault);
-            let treatment = treatment(attempts, i);
-            let ok = audit_one(
-                &mut findings,
-                *call,
-                attempts,
-                i,
-                fault,
-                class,
-                treatment,
-                result,
-                policy,
+        }
+    }
+    if seen.iter().all(|s| s.class != "permanent") {
+        f.check(Invariant::RetriedUntilSuccess);
+        // A refusal naming the lock token is the lease's verdict (it ran
+        // out while the faults lasted), judged by the lease invariants.
+        let refusal = |e: &str| e.contains("lock token");
+        if let Some((method, Some((false, error)))) = result.filter(|(_, e)| !e.is_some_and(|(_, t)| refusal(t))) {
+            let last = seen.last().map_or("", |s| s.fault);
+            let detail = format!(
+                "call {call} ({method}) met only retryable faults (last: {last}) but failed as permanent: {error}"
             );
-            if let Some(s) = stat {
-                s.injected += 1;
-                *s.rows.entry((table.label(fault), class.as_str())).or_default() += 1;
-                match treatment {
-                    Treatment::Retried => s.retried += 1,
-                    Treatment::Resolved => s.resolved += 1,
-                    Treatment::MovedOn | Treatment::Surfaced => s.surfaced += 1,
-                }
-                s.call_ok += u64::from(result == Some(None));
-                s.mismatches += u64::from(!ok);
-            }
+            f.violate(Invariant::RetriedUntilSuccess, detail);
         }
-    }
-    (findings, stats)
-}
-
-fn treatment(attempts: &[Attempt], i: usize) -> Treatment {
-    match attempts.get(i + 1) {
-        Some(next) if next.op == attempts[i].op => Treatment::Retried,
-        Some(next) if next.op == "commit_status" => Treatment::Resolved,
-        Some(_) => Treatment::MovedOn,
-        None => Treatment::Surfaced,
     }
 }
 
-/// Whether the engine's retries of this op ran out at attempt `i`.
-fn exhausted(attempts: &[Attempt], i: usize, policy: RetryPolicy) -> bool {
-    let op = attempts[i].op;
-    let start = attempts[..=i].iter().rposition(|a| a.op != op).map_or(0, |p| p + 1);
-    let chain = (i + 1 - start) as u32;
-    let span_ms = attempts[i].at_ms - attempts[start].at_ms;
-    chain >= policy.max_attempts || span_ms + policy.max_backoff_ms >= policy.budget_ms
-}
-
-/// Check one faulted attempt; returns whether it was treated as documented.
-#[allow(clippy::too_many_arguments)]
-fn audit_one(
-    findings: &mut Findings,
-    call: u64,
-    attempts: &[Attempt],
-    i: usize,
-    fault: &StoreFault,
-    class: Class,
-    treatment: Treatment,
-    result: Option<Option<bool>>,
-    policy: RetryPolicy,
-) -> bool {
-    let op = attempts[i].op;
-    let what = format!("call {call}, {op} at {} ms: {fault}", attempts[i].at_ms);
-    if treatment == Treatment::Surfaced && result.is_none() {
-        // The run ended while the engine was still deciding (backing off).
-        return true;
+/// Every activity body ran once, unless its lease truly ran out (a stall,
+/// and the activity taken over) or its ack failed for a permanent reason
+/// (the completion was never recorded, as documented).
+pub fn audit_runs(events: &[TraceEvent], ledger: &crate::check::Ledger) -> Findings {
+    let mut f = Findings::default();
+    let mut runs: BTreeMap<&(String, u64, u64), Vec<&str>> = BTreeMap::new();
+    let mut failed: BTreeMap<&str, bool> = BTreeMap::new();
+    for e in events {
+        match e {
+            TraceEvent::ActivityRan { activity, token, .. } => runs.entry(activity).or_default().push(token),
+            TraceEvent::AckFailed { token, retryable, .. } => {
+                failed.insert(token, *retryable);
+            }
+            _ => {}
+        }
     }
-    findings.check(Invariant::ClassifiedAsDocumented);
-    // commit_status is asked while resolving another fault; its own failure
-    // makes the outcome unknown and the original fault is what surfaces.
-    let surfaced_as =
-        |want_retryable: bool| op == "commit_status" || result.flatten().is_none_or(|r| r == want_retryable);
-    let (as_documented, why) = match class {
-        Class::Retryable => {
-            findings.check(Invariant::RetriedUntilSuccess);
-            // A retried fault's chain ends in success, in a fault of another
-            // class (audited on its own), or here, with the retries spent.
-            let ok = treatment == Treatment::Retried || exhausted(attempts, i, policy);
-            if ok && treatment != Treatment::Retried {
-                findings.violate(Invariant::RetriedUntilSuccess, format!("retries ran out: {what}"));
-            }
-            (ok, "documented retryable, but the engine did not retry it")
-        }
-        Class::Permanent => {
-            findings.check(Invariant::PermanentNotRetried);
-            if treatment == Treatment::Retried {
-                findings.violate(Invariant::PermanentNotRetried, format!("retried: {what}"));
-            }
-            let ok = treatment != Treatment::Retried && (treatment != Treatment::Surfaced || surfaced_as(false));
-            (
-                ok,
-                "documented permanent, but the engine retried it or surfaced it as retryable",
-            )
-        }
-        Class::Ambiguous => {
-            let learned = matches!(fault, StoreFault::CommitOutcomeUnknown { xid: Some(_), .. });
-            // Claims, acks and abandons are idempotent by their lock token:
-            // the documented remedy for an unknown outcome is to run them
-            // again (an ack or abandon that finds its lock gone then asks
-            // whether its token settled).
-            let by_token = matches!(
-                op,
-                "claim_instance"
-                    | "claim_work_item"
-                    | "apply_turn"
-                    | "complete_work_item"
-                    | "abandon_work_item"
-                    | "abandon_instance"
+    for (activity, tokens) in runs {
+        f.check(Invariant::ActivityOnce);
+        let expired = ledger.expired_takeovers.get(activity).copied().unwrap_or(0) as usize;
+        let permanent = tokens.iter().filter(|t| failed.get(*t) == Some(&false)).count();
+        let extra = tokens.len() - 1;
+        if extra > expired + permanent {
+            let surfaced: Vec<&&str> = tokens.iter().filter(|t| failed.get(**t) == Some(&true)).collect();
+            let detail = format!(
+                "activity {activity:?} ran {} times: {expired} lease(s) ran out, {permanent} permanent ack failure(s), retryable ack failures under {surfaced:?}",
+                tokens.len()
             );
-            let ok = if learned && !by_token {
-                treatment == Treatment::Resolved
-            } else if by_token {
-                treatment == Treatment::Retried || (treatment == Treatment::Surfaced && surfaced_as(true))
-            } else {
-                treatment != Treatment::Retried && (treatment != Treatment::Surfaced || surfaced_as(true))
-            };
-            (
-                ok,
-                "documented ambiguous, but the engine neither resolved it nor surfaced it unretried",
-            )
+            f.violate(Invariant::ActivityOnce, detail);
         }
-    };
-    if !as_documented {
-        findings.violate(Invariant::ClassifiedAsDocumented, format!("{why}: {what}"));
     }
-    as_documented
+    f
 }
 
 /// The state of one instance at the end.

@@ -4,11 +4,11 @@
 //! renewal tasks, and its answers to errors.
 
 use crate::faults::Injector;
-use crate::net::{sim_ms, NetStore};
 use crate::runtime::{self, failure_turn, run_activity, Decision, TurnOutput};
 use crate::trace::{Trace, TraceEvent, CALL};
+use crate::wire::server::sim_ms;
 use crate::workload::Workload;
-use duropg_engine::{Engine, TokenSource};
+use duropg::{PgProvider, TokenSource};
 use duroxide::providers::{OrchestrationItem, Provider, ProviderError, TagFilter, WorkItem};
 use duroxide::ErrorDetails;
 use rand::{Rng, SeedableRng};
@@ -57,16 +57,25 @@ impl TokenSource for SeededTokens {
     }
 }
 
+/// Lock tokens that fetches handed to a dispatcher, with when (shared by
+/// every host: the checker asks whether a lock's token is one of them).
+pub type HandedOut = Rc<RefCell<std::collections::BTreeMap<String, u64>>>;
+
+/// When a fetch last came back empty, per queue (0 orchestrator, 1 worker),
+/// in simulated ms (shared by every host: the checker asks whether an idle
+/// dispatcher looked while work was claimable).
+pub type IdlePolls = Rc<RefCell<[u64; 2]>>;
+
 /// The provider a host's dispatchers call, recording every call in the trace.
 pub struct Traced {
-    engine: Engine<NetStore>,
+    engine: PgProvider,
     trace: Trace,
     host: String,
 }
 
 impl Traced {
-    /// Wrap an engine.
-    pub fn new(engine: Engine<NetStore>, trace: Trace, host: &str) -> Self {
+    /// Wrap the production provider.
+    pub fn new(engine: PgProvider, trace: Trace, host: &str) -> Self {
         Self {
             engine,
             trace,
@@ -107,9 +116,17 @@ pub struct HostCtx {
     pub choices: RefCell<Injector>,
     /// The trace.
     pub trace: Trace,
+    /// Tokens handed to dispatchers, by every host.
+    pub handed_out: HandedOut,
+    /// When fetches last came back empty.
+    pub idle_polls: IdlePolls,
 }
 
 impl HostCtx {
+    fn handed(&self, token: &str) {
+        self.handed_out.borrow_mut().insert(token.to_string(), sim_ms());
+    }
+
     /// This host's wall clock (skewed): what it stamps on events and timers.
     pub fn now_ms(&self) -> u64 {
         let t = i128::from(self.epoch_ms + sim_ms()) + i128::from(self.skew_ms);
@@ -131,6 +148,27 @@ impl HostCtx {
             });
             sleep_ms(for_ms).await;
         }
+    }
+}
+
+impl HostCtx {
+    /// Run a fetch, dropped mid-flight when the fault plan says so (`None`:
+    /// it was dropped).
+    async fn fetch<T>(
+        &self,
+        method: &'static str,
+        fut: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Option<Result<T, ProviderError>> {
+        let cancel = self.choices.borrow_mut().draw_cancel();
+        let traced = self.provider.traced(method, fut);
+        let Some(after_ms) = cancel else {
+            return Some(traced.await);
+        };
+        self.trace.record(TraceEvent::Injected {
+            at_ms: sim_ms(),
+            kind: crate::faults::FaultKind::CancelFetch,
+        });
+        tokio::time::timeout(Duration::from_millis(after_ms), traced).await.ok()
     }
 }
 
@@ -188,6 +226,7 @@ fn fetch_backoff_ms(error: &ProviderError, consecutive: &mut u32) -> u64 {
 
 /// One orchestration dispatcher, forever.
 pub async fn orchestration_dispatcher(ctx: Rc<HostCtx>) {
+    const QUEUE: usize = 0;
     let mut consecutive = 0;
     loop {
         let p = &ctx.provider;
@@ -195,16 +234,19 @@ pub async fn orchestration_dispatcher(ctx: Rc<HostCtx>) {
         let fetch = p
             .engine
             .fetch_orchestration_item(lease, Duration::from_millis(POLL_MS), None);
-        match p.traced("fetch_orchestration_item", fetch).await {
-            Ok(Some((item, token, attempts))) => {
+        match ctx.fetch("fetch_orchestration_item", fetch).await {
+            None => sleep_ms(MIN_POLL_MS).await,
+            Some(Ok(Some((item, token, attempts)))) => {
                 consecutive = 0;
+                ctx.handed(&token);
                 process_orchestration(&ctx, item, token, attempts).await;
             }
-            Ok(None) => {
+            Some(Ok(None)) => {
                 consecutive = 0;
+                ctx.idle_polls.borrow_mut()[QUEUE] = sim_ms();
                 sleep_ms(MIN_POLL_MS).await;
             }
-            Err(e) => sleep_ms(fetch_backoff_ms(&e, &mut consecutive)).await,
+            Some(Err(e)) => sleep_ms(fetch_backoff_ms(&e, &mut consecutive)).await,
         }
     }
 }
@@ -274,6 +316,7 @@ async fn ack_with_retries(ctx: &HostCtx, token: &str, out: TurnOutput) -> Result
 
 /// One activity dispatcher, forever.
 pub async fn worker_dispatcher(ctx: Rc<HostCtx>) {
+    const QUEUE: usize = 1;
     let mut consecutive = 0;
     loop {
         let p = &ctx.provider;
@@ -282,16 +325,19 @@ pub async fn worker_dispatcher(ctx: Rc<HostCtx>) {
         let fetch = p
             .engine
             .fetch_work_item(lease, Duration::from_millis(POLL_MS), None, &filter);
-        match p.traced("fetch_work_item", fetch).await {
-            Ok(Some((item, token, attempts))) => {
+        match ctx.fetch("fetch_work_item", fetch).await {
+            None => sleep_ms(MIN_POLL_MS).await,
+            Some(Ok(Some((item, token, attempts)))) => {
                 consecutive = 0;
+                ctx.handed(&token);
                 process_activity(&ctx, item, token, attempts).await;
             }
-            Ok(None) => {
+            Some(Ok(None)) => {
                 consecutive = 0;
+                ctx.idle_polls.borrow_mut()[QUEUE] = sim_ms();
                 sleep_ms(MIN_POLL_MS).await;
             }
-            Err(e) => sleep_ms(fetch_backoff_ms(&e, &mut consecutive)).await,
+            Some(Err(e)) => sleep_ms(fetch_backoff_ms(&e, &mut consecutive)).await,
         }
     }
 }
@@ -329,13 +375,24 @@ async fn process_activity(ctx: &Rc<HostCtx>, item: WorkItem, token: String, atte
         }
     } else {
         sleep_ms(ctx.between(5, 300)).await;
+        ctx.trace.record(TraceEvent::ActivityRan {
+            at_ms: sim_ms(),
+            host: ctx.name.clone(),
+            activity: (instance.clone(), execution_id, id),
+            token: token.clone(),
+        });
         run_activity(&instance, execution_id, id, &name, &input)
     };
     let p = &ctx.provider;
-    if p.traced("ack_work_item", p.engine.ack_work_item(&token, Some(completion)))
-        .await
-        .is_err()
-    {
+    let acked = p
+        .traced("ack_work_item", p.engine.ack_work_item(&token, Some(completion)))
+        .await;
+    if let Err(e) = acked {
+        ctx.trace.record(TraceEvent::AckFailed {
+            at_ms: sim_ms(),
+            token: token.clone(),
+            retryable: e.is_retryable(),
+        });
         // duroxide abandons the item for 100 ms and runs the activity again.
         let f = p
             .engine

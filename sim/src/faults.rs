@@ -1,13 +1,14 @@
-//! The seeded fault plan: which faults exist, how often each is injected, and
-//! the per-host injector that draws them.
+//! The seeded fault plan: which faults exist, where each is cut into the
+//! wire, how often, and the seeded streams that draw them.
 //!
-//! Faults sit at one boundary — the `Store` call as it leaves a worker host
-//! for the store host — plus two that are properties of a host: a stall (the
-//! process freezes past its lease) and clock skew. Every draw comes from a
-//! seeded ChaCha stream, so a seed fixes every fault.
+//! Faults happen where real servers and networks fail: in the simulated
+//! PostgreSQL server, at a point of the protocol ([`Point`]) — as a
+//! statement's request arrives, after its `Parse`, around `COMMIT`, while a
+//! pooled connection sits idle, as a notification is delivered. Two more are
+//! properties of a worker host: a stall (the process freezes past its lease)
+//! and clock skew. Every draw comes from a seeded ChaCha stream, so a seed
+//! fixes every fault.
 
-use crate::request::Shape;
-use duropg_core::StoreFault;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -15,53 +16,104 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// Where in the protocol the server draws a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Point {
+    /// A connection's startup packet arrived.
+    Startup,
+    /// The first message of a request arrived (nothing of it has run).
+    Request,
+    /// A `Parse` was answered.
+    Parse,
+    /// A reading statement's `Execute` arrived.
+    Read,
+    /// A writing statement's `Execute` arrived.
+    Write,
+    /// `COMMIT` of a transaction that did something arrived.
+    Commit,
+    /// A connection became idle (`ReadyForQuery` outside a transaction).
+    Idle,
+    /// A committed notification is about to be delivered to a listener.
+    Notify,
+}
+
 /// One kind of injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultKind {
-    /// SQLSTATE 40P01: the transaction was a deadlock victim.
+    /// SQLSTATE 40P01 in reply to a statement: a deadlock victim.
     Deadlock,
     /// SQLSTATE 40001: serialization failure.
     Serialization,
     /// SQLSTATE 55P03: lock not available.
     LockNotAvailable,
-    /// SQLSTATE 57P01: the backend was terminated; the connection is gone.
-    AdminShutdown,
-    /// SQLSTATE 08006: connection failure; the connection is gone.
-    ConnectionFailure,
-    /// SQLSTATE 23505: unique violation.
+    /// SQLSTATE 25006 to a write: the server is a read-only standby (failover).
+    ReadOnly,
+    /// SQLSTATE 0A000: cached plan must not change result type (a migration).
+    CachedPlan,
+    /// SQLSTATE 23505 to a write: a unique violation (permanent).
     UniqueViolation,
-    /// SQLSTATE 23503: foreign-key violation.
-    ForeignKeyViolation,
-    /// No pooled connection within the pool's wait limit.
+    /// FATAL 57P01 in place of a statement's reply: the backend was terminated.
+    AdminShutdown,
+    /// The server answers a new connection later than the pool waits.
     PoolTimeout,
-    /// The pool is closed.
-    PoolClosed,
-    /// The connection dropped before the request reached the store.
-    DropRequest,
-    /// The store did the work (and committed) but the reply never came back.
-    ReplyLost,
-    /// `COMMIT` never reached the store: the transaction rolled back, and the
-    /// client cannot tell.
-    CommitLost,
+    /// The connection is cut as a request arrives: nothing of it ran.
+    CutBeforeRequest,
+    /// The connection is cut right after `ParseComplete`.
+    CutAfterParse,
+    /// The connection is cut when `COMMIT` arrives: the statements ran, the
+    /// transaction rolls back, the client cannot tell.
+    CutBeforeCommit,
+    /// `COMMIT` is applied and the connection cut before its reply.
+    CutAfterCommit,
+    /// `COMMIT` is applied and answered, then FATAL 57P01 ends the session.
+    FatalAfterCommit,
+    /// The server ends a pooled connection while it sits idle.
+    IdleKill,
+    /// The client side vanishes mid-transaction; the server session keeps its
+    /// locks until the idle-in-transaction timeout ends it.
+    HalfOpen,
+    /// A reply comes late: the network holds it (and what follows it on
+    /// that connection) for up to 1.5 s while the server goes on.
+    SlowReply,
+    /// The server restarts: every session ends, new ones are refused briefly.
+    Restart,
+    /// A notification arrives late.
+    NotifyDelayed,
+    /// A notification is lost.
+    NotifyLost,
+    /// The listening connection is dropped.
+    ListenerDrop,
+    /// A dispatcher drops its fetch mid-flight (as duroxide's runtime does
+    /// at shutdown): whatever the fetch claimed must be released.
+    CancelFetch,
     /// A worker froze after fetching, past its lease, renewals included.
     Stall,
 }
 
 impl FaultKind {
     /// Every kind, in report order.
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 22] = [
         FaultKind::Deadlock,
         FaultKind::Serialization,
         FaultKind::LockNotAvailable,
-        FaultKind::AdminShutdown,
-        FaultKind::ConnectionFailure,
+        FaultKind::ReadOnly,
+        FaultKind::CachedPlan,
         FaultKind::UniqueViolation,
-        FaultKind::ForeignKeyViolation,
+        FaultKind::AdminShutdown,
         FaultKind::PoolTimeout,
-        FaultKind::PoolClosed,
-        FaultKind::DropRequest,
-        FaultKind::ReplyLost,
-        FaultKind::CommitLost,
+        FaultKind::CutBeforeRequest,
+        FaultKind::CutAfterParse,
+        FaultKind::CutBeforeCommit,
+        FaultKind::CutAfterCommit,
+        FaultKind::FatalAfterCommit,
+        FaultKind::IdleKill,
+        FaultKind::HalfOpen,
+        FaultKind::SlowReply,
+        FaultKind::Restart,
+        FaultKind::NotifyDelayed,
+        FaultKind::NotifyLost,
+        FaultKind::ListenerDrop,
+        FaultKind::CancelFetch,
         FaultKind::Stall,
     ];
 
@@ -71,15 +123,24 @@ impl FaultKind {
             FaultKind::Deadlock => "deadlock",
             FaultKind::Serialization => "serialization",
             FaultKind::LockNotAvailable => "lock-not-available",
-            FaultKind::AdminShutdown => "admin-shutdown",
-            FaultKind::ConnectionFailure => "connection-failure",
+            FaultKind::ReadOnly => "read-only",
+            FaultKind::CachedPlan => "cached-plan",
             FaultKind::UniqueViolation => "unique-violation",
-            FaultKind::ForeignKeyViolation => "foreign-key-violation",
+            FaultKind::AdminShutdown => "admin-shutdown",
             FaultKind::PoolTimeout => "pool-timeout",
-            FaultKind::PoolClosed => "pool-closed",
-            FaultKind::DropRequest => "drop-request",
-            FaultKind::ReplyLost => "reply-lost",
-            FaultKind::CommitLost => "commit-lost",
+            FaultKind::CutBeforeRequest => "cut-before-request",
+            FaultKind::CutAfterParse => "cut-after-parse",
+            FaultKind::CutBeforeCommit => "cut-before-commit",
+            FaultKind::CutAfterCommit => "cut-after-commit",
+            FaultKind::FatalAfterCommit => "fatal-after-commit",
+            FaultKind::IdleKill => "idle-kill",
+            FaultKind::HalfOpen => "half-open",
+            FaultKind::SlowReply => "slow-reply",
+            FaultKind::Restart => "restart",
+            FaultKind::NotifyDelayed => "notify-delayed",
+            FaultKind::NotifyLost => "notify-lost",
+            FaultKind::ListenerDrop => "listener-drop",
+            FaultKind::CancelFetch => "cancel-fetch",
             FaultKind::Stall => "stall",
         }
     }
@@ -89,56 +150,47 @@ impl FaultKind {
         FaultKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// The SQLSTATE the store answers with, for SQL faults.
-    pub fn sqlstate(self) -> Option<&'static str> {
+    /// The protocol point where the kind is drawn (`None`: a host property).
+    pub fn point(self) -> Option<Point> {
+        use FaultKind::*;
         Some(match self {
-            FaultKind::Deadlock => "40P01",
-            FaultKind::Serialization => "40001",
-            FaultKind::LockNotAvailable => "55P03",
-            FaultKind::AdminShutdown => "57P01",
-            FaultKind::ConnectionFailure => "08006",
-            FaultKind::UniqueViolation => "23505",
-            FaultKind::ForeignKeyViolation => "23503",
-            _ => return None,
+            PoolTimeout => Point::Startup,
+            CutBeforeRequest => Point::Request,
+            CutAfterParse => Point::Parse,
+            ReadOnly | UniqueViolation | Deadlock | Serialization | LockNotAvailable | CachedPlan | AdminShutdown
+            | HalfOpen | SlowReply | Restart => Point::Write,
+            CutBeforeCommit | CutAfterCommit | FatalAfterCommit => Point::Commit,
+            IdleKill => Point::Idle,
+            NotifyDelayed | NotifyLost | ListenerDrop => Point::Notify,
+            Stall | CancelFetch => return None,
         })
     }
 
-    /// The fault the store reports for a SQL fault (with Postgres's message).
-    pub fn sql_fault(self) -> Option<StoreFault> {
-        let message = match self {
-            FaultKind::Deadlock => "deadlock detected",
-            FaultKind::Serialization => "could not serialize access due to concurrent update",
-            FaultKind::LockNotAvailable => "canceling statement due to lock timeout",
-            FaultKind::AdminShutdown => "terminating connection due to administrator command",
-            FaultKind::ConnectionFailure => "connection failure",
-            FaultKind::UniqueViolation => "duplicate key value violates unique constraint",
-            FaultKind::ForeignKeyViolation => "insert or update violates foreign key constraint",
-            _ => return None,
-        };
-        Some(StoreFault::Sql {
-            code: self.sqlstate()?.into(),
-            message: message.into(),
-        })
-    }
-
-    /// Whether the store closes the connection after answering with this fault.
-    pub fn closes_connection(self) -> bool {
-        matches!(self, FaultKind::AdminShutdown | FaultKind::ConnectionFailure)
-    }
-
-    /// Whether the kind is drawn per store call (a stall is drawn per fetched item).
-    pub fn per_call(self) -> bool {
-        self != FaultKind::Stall
-    }
-
-    /// Whether the kind can happen to a call of this shape: only an explicit
-    /// transaction sends a `COMMIT` that can be lost on its way.
-    pub fn applies_to(self, shape: Shape) -> bool {
-        match self {
-            FaultKind::CommitLost => matches!(shape, Shape::Transaction { .. }),
-            FaultKind::Stall => false,
-            _ => true,
+    /// Whether the kind is drawn at `point` (statement faults that are not
+    /// specific to writes happen to reads too).
+    pub fn drawn_at(self, point: Point) -> bool {
+        use FaultKind::*;
+        match (self, point) {
+            (
+                Deadlock | Serialization | LockNotAvailable | CachedPlan | AdminShutdown | SlowReply | Restart,
+                Point::Read,
+            ) => true,
+            _ => self.point() == Some(point),
         }
+    }
+
+    /// The error a server answers a statement with, for the kinds that are one.
+    pub fn server_error(self) -> Option<(&'static str, &'static str)> {
+        Some(match self {
+            FaultKind::Deadlock => ("40P01", "deadlock detected"),
+            FaultKind::Serialization => ("40001", "could not serialize access due to concurrent update"),
+            FaultKind::LockNotAvailable => ("55P03", "canceling statement due to lock timeout"),
+            FaultKind::ReadOnly => ("25006", "cannot execute INSERT in a read-only transaction"),
+            FaultKind::CachedPlan => ("0A000", "cached plan must not change result type"),
+            FaultKind::UniqueViolation => ("23505", "duplicate key value violates unique constraint"),
+            FaultKind::AdminShutdown => ("57P01", "terminating connection due to administrator command"),
+            _ => return None,
+        })
     }
 }
 
@@ -151,7 +203,8 @@ impl fmt::Display for FaultKind {
 /// The fault knobs of one run: a probability per kind and the clock skew bound.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultPlan {
-    /// Probability per store call (per fetched item for `stall`).
+    /// Probability per draw at the kind's protocol point (per fetched item
+    /// for `stall`).
     pub rates: BTreeMap<FaultKind, f64>,
     /// Each host's clock is off by a seeded amount in `[-skew_ms, +skew_ms]`.
     pub skew_ms: u64,
@@ -166,24 +219,34 @@ impl FaultPlan {
         }
     }
 
-    /// Every kind enabled at rates that exercise each path many times per run
-    /// while letting most orchestrations finish: transient faults at 1 %,
-    /// permanent ones rarely (each may fail an orchestration by design).
+    /// Every kind enabled at rates that exercise each path many times per
+    /// sweep while letting most orchestrations finish: transient faults
+    /// around 1 % of their draws, permanent ones rarely (each may fail an
+    /// orchestration by design).
     pub fn all() -> Self {
         use FaultKind::*;
         let rates = [
             (Deadlock, 0.01),
             (Serialization, 0.01),
-            (LockNotAvailable, 0.01),
-            (AdminShutdown, 0.005),
-            (ConnectionFailure, 0.005),
-            (UniqueViolation, 0.001),
-            (ForeignKeyViolation, 0.001),
-            (PoolTimeout, 0.01),
-            (PoolClosed, 0.003),
-            (DropRequest, 0.005),
-            (ReplyLost, 0.01),
-            (CommitLost, 0.005),
+            (LockNotAvailable, 0.005),
+            (ReadOnly, 0.003),
+            (CachedPlan, 0.003),
+            (UniqueViolation, 0.0005),
+            (AdminShutdown, 0.004),
+            (PoolTimeout, 0.03),
+            (CutBeforeRequest, 0.004),
+            (CutAfterParse, 0.01),
+            (CutBeforeCommit, 0.01),
+            (CutAfterCommit, 0.01),
+            (FatalAfterCommit, 0.01),
+            (IdleKill, 0.01),
+            (HalfOpen, 0.002),
+            (SlowReply, 0.003),
+            (Restart, 0.0005),
+            (NotifyDelayed, 0.05),
+            (NotifyLost, 0.03),
+            (ListenerDrop, 0.01),
+            (CancelFetch, 0.01),
             (Stall, 0.03),
         ];
         Self {
@@ -268,6 +331,9 @@ impl FaultSwitch {
     }
 }
 
+/// The server's stream of fault decisions (an [`Injector`] for the store host).
+pub type ServerFaults = Injector;
+
 /// One host's seeded stream of fault decisions.
 #[derive(Debug)]
 pub struct Injector {
@@ -286,19 +352,15 @@ impl Injector {
         }
     }
 
-    /// The fault for the next store call of this shape, if any. One uniform
-    /// draw per call whether or not faults are on, so turning them off does
-    /// not shift the stream.
-    pub fn draw_call(&mut self, shape: Shape) -> Option<FaultKind> {
+    /// The fault at `point`, if any. One uniform draw per call whether or
+    /// not faults are on, so turning them off does not shift the stream.
+    pub fn draw(&mut self, point: Point) -> Option<FaultKind> {
         let u: f64 = self.rng.gen();
         if !self.switch.enabled() {
             return None;
         }
         let mut acc = 0.0;
-        for kind in FaultKind::ALL
-            .into_iter()
-            .filter(|k| k.per_call() && k.applies_to(shape))
-        {
+        for kind in FaultKind::ALL.into_iter().filter(|k| k.drawn_at(point)) {
             acc += self.plan.rate(kind);
             if u < acc {
                 return Some(kind);
@@ -312,6 +374,13 @@ impl Injector {
         let u: f64 = self.rng.gen();
         let extra_ms: u64 = self.rng.gen_range(200..2_000);
         (self.switch.enabled() && u < self.plan.rate(FaultKind::Stall)).then_some(lease_ms + extra_ms)
+    }
+
+    /// After how many ms to drop the next fetch, if this one is cancelled.
+    pub fn draw_cancel(&mut self) -> Option<u64> {
+        let u: f64 = self.rng.gen();
+        let after_ms: u64 = self.rng.gen_range(1..30);
+        (self.switch.enabled() && u < self.plan.rate(FaultKind::CancelFetch)).then_some(after_ms)
     }
 
     /// A value in `[lo, hi)` from this host's stream (work durations).
@@ -338,17 +407,24 @@ mod tests {
     }
 
     #[test]
-    fn draws_are_seeded_and_respect_shapes_and_the_switch() {
-        let plan = FaultPlan::none().with_overrides("commit-lost=1").unwrap();
+    fn draws_are_seeded_and_respect_points_and_the_switch() {
+        let plan = FaultPlan::none().with_overrides("cut-after-commit=1").unwrap();
         let switch = FaultSwitch::on();
         let mut a = Injector::new(7, 1, plan.clone(), switch.clone());
-        assert_eq!(a.draw_call(Shape::Read), None, "no COMMIT to lose on a read");
-        let tx = Shape::Transaction { learns_xid: true };
-        assert_eq!(a.draw_call(tx), Some(FaultKind::CommitLost));
+        assert_eq!(a.draw(Point::Read), None, "no COMMIT on a read");
+        assert_eq!(a.draw(Point::Commit), Some(FaultKind::CutAfterCommit));
         switch.turn_off();
-        assert_eq!(a.draw_call(tx), None);
+        assert_eq!(a.draw(Point::Commit), None);
         let mut b = Injector::new(7, 1, plan, FaultSwitch::on());
         let mut c = Injector::new(7, 1, FaultPlan::all(), FaultSwitch::on());
         assert_eq!(b.between(0, 1000), c.between(0, 1000), "same seed, same stream");
+    }
+
+    #[test]
+    fn every_kind_but_the_host_ones_has_a_point() {
+        for kind in FaultKind::ALL {
+            let host = matches!(kind, FaultKind::Stall | FaultKind::CancelFetch);
+            assert_eq!(kind.point().is_none(), host, "{kind}");
+        }
     }
 }

@@ -1,18 +1,19 @@
 //! # duropg-sim
 //!
-//! A deterministic fault-injection simulator for duropg. It drives the real
-//! [`duropg_engine::Engine`] and `duropg-core` — the code production runs — over an
-//! in-memory [`ModelStore`] that implements the same `Store` boundary as the
-//! Postgres store, on a simulated network ([turmoil]), with seeded faults at
-//! that boundary, and checks invariants while the run goes and at its end.
-//! See `docs/simulation.md`.
+//! A deterministic fault-injection simulator for duropg. Worker hosts run
+//! the production provider — [`duropg::PgProvider`]: the real `Engine`, the
+//! real `PgStore`, tokio-postgres and the bb8 pool — over a simulated
+//! network ([turmoil]) against a simulated PostgreSQL server that speaks
+//! the wire protocol and runs a model of every statement duropg sends.
+//! Faults are cut into the wire where real servers and networks fail, and
+//! invariants are checked while the run goes and at its end. See
+//! `docs/simulation.md`.
 //!
 //! | module | role |
 //! |---|---|
-//! | [`model`] | the in-memory store |
-//! | [`request`] | one store call as a value, and how Postgres runs it |
-//! | [`net`] | the store as a turmoil host; worker hosts reach it over TCP |
-//! | [`faults`] | fault kinds, the seeded plan, per-host injectors |
+//! | [`model`] | the model tables |
+//! | [`wire`] | the simulated server: protocol, transactions, statement models; the hosts' connector |
+//! | [`faults`] | fault kinds, their protocol points, the seeded plan and streams |
 //! | [`workload`] | seeded orchestration scripts and their expected outputs |
 //! | [`runtime`] | the turns a duroxide runtime would ack |
 //! | [`dispatch`] | dispatchers driving the provider API as duroxide does |
@@ -28,11 +29,10 @@ pub mod dispatch;
 pub mod doc_table;
 pub mod faults;
 pub mod model;
-pub mod net;
 pub mod report;
-pub mod request;
 pub mod runtime;
 pub mod trace;
+pub mod wire;
 pub mod workload;
 pub mod world;
 

@@ -14,7 +14,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: duropg-sim (--seed N | --seeds A..B) [--hosts H] [--instances K] \
-[--faults kind=p,...|none|all] [--safety-ms MS] [--liveness-ms MS] [--dump] [--legacy-autocommit-writes]
 fault kinds: deadlock serialization lock-not-available admin-shutdown connection-failure \
 unique-violation foreign-key-violation pool-timeout pool-closed drop-request reply-lost commit-lost stall; skew=MS";
 
@@ -64,7 +63,6 @@ fn parse(argv: &[String]) -> Result<Args, String> {
             "--liveness-ms" => args.config.liveness_ms = number(value(&mut it, flag)?, flag)?,
             "--faults" => faults = value(&mut it, flag)?.clone(),
             "--dump" => args.dump = true,
-            "--legacy-autocommit-writes" => args.config.legacy_autocommit_writes = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -149,6 +147,14 @@ fn progress(done: u64, total: u64, failed: usize, elapsed: std::time::Duration) 
 }
 
 fn main() -> ExitCode {
+    // The production provider's own log (`RUST_LOG=duropg=debug`), to stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let args = match parse(&argv) {
         Ok(a) => a,

@@ -1,11 +1,10 @@
 //! The report of one run: a pure function of the run, so the same seed
 //! prints the same bytes.
 
-use crate::audit::{KindStats, Outcomes};
+use crate::audit::{FaultAudit, Outcomes};
 use crate::check::{Findings, Invariant};
 use crate::faults::FaultKind;
 use crate::world::{SimConfig, ORCH_DISPATCHERS, TICK_MS, WORK_DISPATCHERS};
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// Violations printed per invariant (the rest are counted).
@@ -18,15 +17,15 @@ pub struct Report {
     pub config: SimConfig,
     /// Each host's clock offset.
     pub skews: Vec<(String, i64)>,
-    /// What became of each kind of injected store fault.
-    pub faults: BTreeMap<FaultKind, KindStats>,
+    /// The faults injected and what the engine saw.
+    pub faults: FaultAudit,
     /// Stalls injected.
     pub stalls: u64,
     /// Invariant results.
     pub findings: Findings,
     /// How the orchestrations ended.
     pub outcomes: Outcomes,
-    /// Store calls made.
+    /// Statements the simulated server ran.
     pub store_calls: u64,
     /// Provider calls made.
     pub provider_calls: u64,
@@ -40,38 +39,6 @@ pub struct Report {
     pub dump: String,
 }
 
-/// One fault kind's line(s): a second classification row, if any, goes on
-/// its own line below.
-fn fault_line(out: &mut String, kind: FaultKind, s: &KindStats) {
-    let mut rows: Vec<String> = s
-        .rows
-        .iter()
-        .map(|((row, class), n)| match s.rows.len() {
-            1 => format!("{row} {class}"),
-            _ => format!("{row} {class} ({n})"),
-        })
-        .collect();
-    if rows.is_empty() {
-        rows.push("-".into());
-    }
-    let _ = writeln!(
-        out,
-        "  {:<22} {:<34} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}",
-        kind.name(),
-        rows[0],
-        s.injected,
-        s.retried,
-        s.resolved,
-        s.surfaced,
-        s.no_effect,
-        s.call_ok,
-        s.mismatches
-    );
-    for row in &rows[1..] {
-        let _ = writeln!(out, "  {:<22} {row}", "");
-    }
-}
-
 impl Report {
     /// Whether every invariant held.
     pub fn passed(&self) -> bool {
@@ -83,7 +50,7 @@ impl Report {
         if kind == FaultKind::Stall {
             return self.stalls;
         }
-        self.faults.get(&kind).map_or(0, |s| s.injected)
+        self.faults.injected.get(&kind).map_or(0, |s| s.injected)
     }
 
     /// The report as text.
@@ -126,32 +93,25 @@ impl Report {
 
     fn render_faults(&self, out: &mut String) {
         let _ = writeln!(out);
+        let _ = writeln!(out, "  {:<22} {:<10} {:>8}", "injected fault", "at", "count");
+        for kind in FaultKind::ALL {
+            let at = kind
+                .point()
+                .map_or("host".to_string(), |p| format!("{p:?}").to_lowercase());
+            let _ = writeln!(out, "  {:<22} {:<10} {:>8}", kind.name(), at, self.injected(kind));
+        }
+        let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "  {:<22} {:<34} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}",
-            "fault",
-            "classified as (docs)",
-            "injected",
-            "retried",
-            "resolved",
-            "surfaced",
-            "no-effect",
-            "call-ok",
-            "mismatch"
+            "  {:<40} {:<10} {:>8} {:>8}",
+            "what the engine saw (docs row)", "documented", "count", "mismatch"
         );
-        for kind in FaultKind::ALL {
-            if kind == FaultKind::Stall {
-                let _ = writeln!(
-                    out,
-                    "  {:<22} {:<34} {:>8}",
-                    kind.name(),
-                    "(worker froze past its lease)",
-                    self.stalls
-                );
-                continue;
-            }
-            let s = self.faults.get(&kind).cloned().unwrap_or_default();
-            fault_line(out, kind, &s);
+        for (label, c) in &self.faults.classified {
+            let _ = writeln!(
+                out,
+                "  {:<40} {:<10} {:>8} {:>8}",
+                label, c.documented, c.seen, c.mismatches
+            );
         }
     }
 
@@ -195,7 +155,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  traffic         {} store calls, {} provider calls, {} ms simulated",
+            "  traffic         {} statements, {} provider calls, {} ms simulated",
             self.store_calls, self.provider_calls, self.sim_ms
         );
         let _ = writeln!(out, "  trace hash      {}", self.trace_hash);

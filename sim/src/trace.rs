@@ -1,13 +1,16 @@
-//! The run's trace: every store attempt, every provider call's result and
-//! every violation, in the order they happened, hashed as they are recorded.
+//! The run's trace: every injected fault, every fault the engine classified,
+//! every provider call's result, every activity run and every violation, in
+//! the order they happened, hashed as they are recorded.
 //!
 //! The simulation is single-threaded and seeded, so the order is a function
 //! of the seed; the hash proves it. Nothing recorded here may depend on wall
 //! time, addresses or hash-map order.
 
 use crate::faults::FaultKind;
-use duropg_core::StoreFault;
+use duropg_core::fault::Classifier;
+use duropg_core::{Class, StoreFault};
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 tokio::task_local! {
@@ -20,33 +23,9 @@ pub fn current_call() -> u64 {
     CALL.try_with(|c| *c).unwrap_or(0)
 }
 
-/// How one store attempt ended, as the client saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    /// A result, summarized.
-    Ok(String),
-    /// A fault.
-    Fault(StoreFault),
-}
-
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TraceEvent {
-    /// A store call left a host.
-    Attempt {
-        /// Simulated time, ms since the run started.
-        at_ms: u64,
-        /// The host.
-        host: String,
-        /// The provider call it belongs to.
-        call: u64,
-        /// The `Store` method.
-        op: &'static str,
-        /// The fault injected into it, if any.
-        injected: Option<FaultKind>,
-        /// How it ended.
-        outcome: AttemptOutcome,
-    },
     /// A provider call returned.
     Call {
         /// Simulated time.
@@ -68,6 +47,48 @@ pub enum TraceEvent {
         host: String,
         /// How long it froze.
         for_ms: u64,
+    },
+    /// The simulated server injected a fault.
+    Injected {
+        /// Simulated time.
+        at_ms: u64,
+        /// Which.
+        kind: FaultKind,
+    },
+    /// The engine classified a storage fault (every fault it sees).
+    Classified {
+        /// Simulated time.
+        at_ms: u64,
+        /// The provider call it served.
+        call: u64,
+        /// The fault's row label in the documented table (its SQLSTATE or kind).
+        label: String,
+        /// The fault, as displayed.
+        fault: String,
+        /// The class the engine gave it.
+        class: &'static str,
+        /// The class `docs/semantics.md` documents for it.
+        documented: &'static str,
+    },
+    /// An activity body ran.
+    ActivityRan {
+        /// Simulated time.
+        at_ms: u64,
+        /// The host.
+        host: String,
+        /// (instance, execution, activity id).
+        activity: (String, u64, u64),
+        /// The lock token it ran under.
+        token: String,
+    },
+    /// An activity's ack failed and the dispatcher abandoned it.
+    AckFailed {
+        /// Simulated time.
+        at_ms: u64,
+        /// The lock token.
+        token: String,
+        /// Whether the error was retryable.
+        retryable: bool,
     },
     /// An invariant failed while the run was going.
     Violation {
@@ -137,4 +158,36 @@ impl Trace {
         let digest = self.lock().hasher.clone().finalize();
         digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
     }
+}
+
+thread_local! {
+    /// Where [`classify`] records, and the classifier it stands in for.
+    static CLASSIFYING: RefCell<Option<(Trace, Classifier, std::rc::Rc<crate::doc_table::DocTable>)>> = const { RefCell::new(None) };
+}
+
+/// Make [`classify`] record into `trace` and decide by `inner` (the
+/// production classifier, or a broken one for the checker's self-test).
+pub fn classify_into(trace: Trace, inner: Classifier) {
+    let table = std::rc::Rc::new(crate::doc_table::DocTable::documented());
+    CLASSIFYING.with(|c| *c.borrow_mut() = Some((trace, inner, table)));
+}
+
+/// The classifier the simulated engines use: the configured one, with every
+/// decision recorded as a [`TraceEvent::Classified`] beside what
+/// `docs/semantics.md` documents for that fault.
+pub fn classify(fault: &StoreFault) -> Class {
+    let set = CLASSIFYING.with(|c| c.borrow().clone());
+    let Some((trace, inner, table)) = set else {
+        return duropg_core::fault::classify(fault);
+    };
+    let class = inner(fault);
+    trace.record(TraceEvent::Classified {
+        at_ms: crate::wire::server::sim_ms(),
+        call: current_call(),
+        label: table.label(fault),
+        fault: fault.to_string(),
+        class: class.as_str(),
+        documented: table.class(fault).as_str(),
+    });
+    class
 }

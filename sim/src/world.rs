@@ -1,18 +1,21 @@
-//! The turmoil world and the run: a store host, worker hosts, a client, two
-//! phases, and the audits at the end.
+//! The turmoil world and the run: a simulated PostgreSQL server, worker
+//! hosts running the production provider against it, a client, two phases,
+//! and the audits at the end.
 
 use crate::audit::{audit_faults, audit_state, status, Status};
 use crate::check::{Findings, Invariant, Ledger};
 use crate::dispatch::{self, ClientLog, HostCtx, Traced};
 use crate::doc_table::DocTable;
 use crate::faults::{FaultPlan, FaultSwitch, Injector};
-use crate::model::ModelStore;
-use crate::net::{NetStore, SharedMailbox, SimClock, StoreServer, STORE_HOST};
+use crate::model::{Clock, ModelStore};
 use crate::report::Report;
 use crate::trace::{Trace, TraceEvent};
+use crate::wire::client::{self, SCHEMA};
+use crate::wire::server::{sim_ms, Server, STORE_HOST};
 use crate::workload::{generate, Workload};
+use duropg::{EngineConfig, PgProvider, PollConfig};
 use duropg_core::fault::{classify, Classifier};
-use duropg_engine::{Engine, EngineConfig, PollConfig};
+use duropg_core::SchemaName;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cell::RefCell;
@@ -28,6 +31,23 @@ pub const TICK_MS: u64 = 4;
 pub const ORCH_DISPATCHERS: usize = 2;
 /// Activity dispatchers per worker host.
 pub const WORK_DISPATCHERS: usize = 2;
+/// How long a worker's pool waits for a connection.
+pub const POOL_WAIT_MS: u64 = 500;
+/// Connections per worker's pool.
+pub const POOL_SIZE: u32 = 4;
+
+/// The store clock: a fixed epoch plus simulated time.
+#[derive(Debug, Clone, Copy)]
+pub struct SimClock {
+    /// Wall-clock ms at the start of the run.
+    pub epoch_ms: u64,
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.epoch_ms + sim_ms()
+    }
+}
 
 /// Everything that defines a run; the seed decides the rest.
 #[derive(Debug, Clone)]
@@ -46,9 +66,6 @@ pub struct SimConfig {
     pub liveness_ms: u64,
     /// The engine's fault classifier (only the checker's self-test changes it).
     pub classifier: Classifier,
-    /// Model the Postgres store as it was before non-idempotent writes
-    /// learned their transaction id (only the regression tests set it).
-    pub legacy_autocommit_writes: bool,
 }
 
 impl SimConfig {
@@ -62,7 +79,6 @@ impl SimConfig {
             safety_ms: 10_000,
             liveness_ms: 60_000,
             classifier: classify,
-            legacy_autocommit_writes: false,
         }
     }
 
@@ -82,25 +98,14 @@ impl SimConfig {
         if self.liveness_ms != defaults.liveness_ms {
             cmd.push_str(&format!(" --liveness-ms {}", self.liveness_ms));
         }
-        if self.legacy_autocommit_writes {
-            cmd.push_str(" --legacy-autocommit-writes");
-        }
         cmd
     }
 }
 
-/// The engine settings of every simulated host: the defaults, with short
-/// polling. A long-polling fetch waits on a tokio `watch` channel, whose
-/// waiters are woken in an order tokio randomizes with a seed that cannot be
-/// set; with several dispatchers waiting on one engine that would make runs
-/// irreproducible. Short polling leaves the waiting to the dispatchers'
-/// minimum poll interval, as duroxide does with a non-long-polling provider.
+/// The engine settings of every simulated host: the production defaults.
 pub fn engine_config() -> EngineConfig {
     EngineConfig {
-        poll: PollConfig {
-            long_poll: false,
-            ..PollConfig::default()
-        },
+        poll: PollConfig::default(),
         ..EngineConfig::default()
     }
 }
@@ -120,25 +125,41 @@ struct HostSetup {
     plan: FaultPlan,
     switch: FaultSwitch,
     trace: Trace,
-    mailbox: SharedMailbox,
     skew_ms: i64,
     classifier: Classifier,
-    legacy: bool,
+    handed_out: dispatch::HandedOut,
+    idle_polls: dispatch::IdlePolls,
 }
 
 impl HostSetup {
-    fn context(&self) -> Rc<HostCtx> {
+    /// The production provider, connected over the simulated wire; retried
+    /// until the server answers (faults are on from the start).
+    async fn provider(&self) -> PgProvider {
+        crate::trace::classify_into(self.trace.clone(), self.classifier);
+        loop {
+            let built = PgProvider::builder(&client::url())
+                .schema(SCHEMA)
+                .pool_size(POOL_SIZE)
+                .pool_wait_timeout(Duration::from_millis(POOL_WAIT_MS))
+                .connect_timeout(Duration::from_millis(POOL_WAIT_MS))
+                .connector(client::connector())
+                .engine_config(engine_config())
+                .token_source(dispatch::tokens(&self.name, self.seed))
+                .build()
+                .await;
+            match built {
+                Ok(p) => return p,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    async fn context(&self) -> Rc<HostCtx> {
         let salt = host_salt(&self.name);
-        let injector = Injector::new(self.seed, salt, self.plan.clone(), self.switch.clone());
-        let store = NetStore::new(
-            &self.name,
-            self.mailbox.clone(),
-            injector,
-            self.trace.clone(),
-            self.legacy,
-        );
-        let engine = Engine::new(store, engine_config(), dispatch::tokens(&self.name, self.seed))
-            .with_classifier(self.classifier)
+        let engine = self
+            .provider()
+            .await
+            .with_classifier(crate::trace::classify)
             .with_spawner(std::sync::Arc::new(|task| {
                 // The claim task serves the call that started it.
                 let call = crate::trace::current_call();
@@ -152,12 +173,14 @@ impl HostSetup {
             skew_ms: self.skew_ms,
             choices: RefCell::new(choices),
             trace: self.trace.clone(),
+            handed_out: self.handed_out.clone(),
+            idle_polls: self.idle_polls.clone(),
         })
     }
 }
 
 async fn worker_host(setup: HostSetup) -> turmoil::Result {
-    let ctx = setup.context();
+    let ctx = setup.context().await;
     for _ in 0..ORCH_DISPATCHERS {
         tokio::task::spawn_local(dispatch::orchestration_dispatcher(ctx.clone()));
     }
@@ -169,7 +192,7 @@ async fn worker_host(setup: HostSetup) -> turmoil::Result {
 }
 
 async fn client_host(setup: HostSetup, workload: Workload, log: Rc<RefCell<ClientLog>>) -> turmoil::Result {
-    dispatch::client(setup.context(), workload, log).await;
+    dispatch::client(setup.context().await, workload, log).await;
     Ok(())
 }
 
@@ -183,19 +206,28 @@ struct World {
     log: Rc<RefCell<ClientLog>>,
     workload: Workload,
     skews: Vec<(String, i64)>,
+    handed_out: dispatch::HandedOut,
+    idle_polls: dispatch::IdlePolls,
 }
 
 /// Run one seed and report.
 pub fn run(config: &SimConfig) -> Report {
     let trace = Trace::new();
+    let handed: dispatch::HandedOut = Rc::default();
+    let idle_polls: dispatch::IdlePolls = Rc::default();
+    let mut ledger = Ledger::new(trace.clone());
+    ledger.handed = handed.clone();
+    ledger.idle_polls = idle_polls.clone();
     let world = World {
         config: config.clone(),
         store: ModelStore::new(std::sync::Arc::new(SimClock { epoch_ms: EPOCH_MS })),
-        ledger: Rc::new(RefCell::new(Ledger::new(trace.clone()))),
+        ledger: Rc::new(RefCell::new(ledger)),
         log: Rc::new(RefCell::new(ClientLog::default())),
         workload: generate(config.seed, config.instances, config.safety_ms * 9 / 10),
         switch: FaultSwitch::on(),
         skews: Vec::new(),
+        handed_out: handed.clone(),
+        idle_polls,
         trace,
     };
     world.run()
@@ -208,15 +240,24 @@ impl World {
             .tick_duration(Duration::from_millis(TICK_MS))
             .min_message_latency(Duration::from_millis(1))
             .max_message_latency(Duration::from_millis(5))
+            // A connection's replies can queue up while its reader is busy.
+            .tcp_capacity(1 << 16)
             .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS))
             .build_with_rng(Box::new(ChaCha8Rng::seed_from_u64(self.config.seed)));
-        let server = Rc::new(StoreServer {
-            store: self.store.clone(),
-            mailbox: SharedMailbox::default(),
-            ledger: self.ledger.clone(),
-            legacy: self.config.legacy_autocommit_writes,
-        });
-        let mailbox = server.mailbox.clone();
+        let schema = SchemaName::parse(SCHEMA).expect("the simulation's schema name is valid");
+        let faults = Injector::new(
+            self.config.seed,
+            host_salt(STORE_HOST),
+            self.config.faults.clone(),
+            self.switch.clone(),
+        );
+        let server = Rc::new(Server::new(
+            self.store.clone(),
+            &schema,
+            self.ledger.clone(),
+            self.trace.clone(),
+            faults,
+        ));
         sim.host(STORE_HOST, move || server.clone().serve());
         let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ 0x5C3E_0C10_C000_0000);
         let skew = self.config.faults.skew_ms as i64;
@@ -231,10 +272,10 @@ impl World {
                 plan: self.config.faults.clone(),
                 switch: self.switch.clone(),
                 trace: self.trace.clone(),
-                mailbox: mailbox.clone(),
                 skew_ms,
                 classifier: self.config.classifier,
-                legacy: self.config.legacy_autocommit_writes,
+                handed_out: self.handed_out.clone(),
+                idle_polls: self.idle_polls.clone(),
             };
             if name == "client" {
                 let (workload, log) = (self.workload.clone(), self.log.clone());
@@ -270,6 +311,14 @@ impl World {
             if now >= self.config.safety_ms && self.switch.enabled() {
                 self.switch.turn_off();
             }
+            if step.is_multiple_of(25) {
+                let state = self.store.state();
+                let mut ledger = self.ledger.borrow_mut();
+                ledger.check_claims(&state, self.store.now_ms(), now);
+                if !self.switch.enabled() {
+                    ledger.check_wakeups(&state, self.store.now_ms(), now);
+                }
+            }
             if !self.switch.enabled() && step.is_multiple_of(50) && self.quiescent() {
                 return (now, Some(now), None);
             }
@@ -286,6 +335,7 @@ impl World {
         let events = self.trace.events();
         let table = DocTable::documented();
         let (mut findings, faults) = audit_faults(&events, &table, EngineConfig::default().retry);
+        findings.merge(crate::audit::audit_runs(&events, &self.ledger.borrow()));
         findings.merge(std::mem::take(&mut self.ledger.borrow_mut().findings));
         let (state_findings, outcomes, dump) = {
             let state = self.store.state();
@@ -305,7 +355,7 @@ impl World {
     fn report(
         &self,
         findings: Findings,
-        faults: std::collections::BTreeMap<crate::faults::FaultKind, crate::audit::KindStats>,
+        faults: crate::audit::FaultAudit,
         outcomes: crate::audit::Outcomes,
         events: &[TraceEvent],
         sim_ms: u64,
@@ -319,7 +369,7 @@ impl World {
             stalls: count(|e| matches!(e, TraceEvent::Stall { .. })),
             findings,
             outcomes,
-            store_calls: count(|e| matches!(e, TraceEvent::Attempt { .. })),
+            store_calls: self.ledger.borrow().statements_run,
             provider_calls: count(|e| matches!(e, TraceEvent::Call { .. })),
             sim_ms,
             liveness_reached_ms: reached,

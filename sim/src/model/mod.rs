@@ -1,37 +1,12 @@
-//! [`ModelStore`]: an in-memory implementation of duropg's
-//! [`Store`] boundary with the semantics of the Postgres store.
-//!
-//! Every table of `pg-backend/migrations/0001_initial.sql` is a `BTreeMap`
-//! here, and every `Store` method does what its SQL in
-//! `pg-backend/src/pg/sql.rs` does: claims pick the oldest visible message
-//! whose instance no live lease holds, tag every visible message of that
-//! instance with the new token and count the attempt; guards are judged by
-//! the store clock at the moment the request runs; renewals never shorten or
-//! revive; acks delete only the messages tagged with their token; KV writes go
-//! to a delta merged when the execution ends; history is read from the
-//! latest execution; transactions get ids whose fate [`Store::commit_status`]
-//! reports. Ordered maps, not hash maps, so that iteration order — and with
-//! it every claim — is deterministic.
-//!
-//! A request is one transaction: it runs to completion under one lock, so it
-//! is atomic and serializable by construction. What Postgres adds — waiting
-//! for row locks, advisory-lock skips between concurrent fetchers — changes
-//! timing, not outcomes, and is left out.
+//! The model tables: every table of `pg-backend/migrations/*.sql` as an
+//! ordered map keyed like its primary key ([`ModelState`]), and the shared
+//! holder of the committed tables ([`ModelStore`]). The simulated server
+//! (`crate::wire`) runs each statement of `pg-backend/src/pg/sql.rs`
+//! against them. Ordered maps, not hash maps, so that iteration order — and
+//! with it every claim — is deterministic.
 
-mod orchestration;
-mod reads;
-mod worker;
-
-use crate::request::{Request, Response};
-use async_trait::async_trait;
-use duropg_core::codec::{HistoryRow, StoredEvent};
-use duropg_core::fetch::ClaimedInstance;
-use duropg_core::route::{OrchRow, Visibility, WorkerRow};
-use duropg_core::turn::{LockRead, TurnPlan};
-use duropg_core::StoreFault;
-use duropg_engine::store::{
-    ClaimedWork, CommitStatus, Guarded, InstanceClaim, RawStats, ReleaseKind, Signals, Store, WorkClaim,
-};
+use duropg_core::codec::StoredEvent;
+use duropg_engine::store::CommitStatus;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -55,7 +30,7 @@ impl Clock for SystemClock {
 }
 
 /// An `orchestrator_queue` row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrchMessage {
     /// `instance_id`.
     pub instance: String,
@@ -72,7 +47,7 @@ pub struct OrchMessage {
 }
 
 /// An `instance_locks` row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceLock {
     /// `lock_token`.
     pub lock_token: String,
@@ -83,7 +58,7 @@ pub struct InstanceLock {
 }
 
 /// An `instances` row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceEntry {
     /// `orchestration_name`.
     pub name: String,
@@ -97,10 +72,14 @@ pub struct InstanceEntry {
     pub custom_status: Option<String>,
     /// `custom_status_version`.
     pub custom_status_version: u64,
+    /// `created_at_ms`.
+    pub created_at_ms: u64,
+    /// `updated_at_ms`.
+    pub updated_at_ms: u64,
 }
 
 /// An `executions` row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecutionEntry {
     /// `status`.
     pub status: String,
@@ -108,15 +87,21 @@ pub struct ExecutionEntry {
     pub output: Option<String>,
     /// `pinned_major`, `pinned_minor`, `pinned_patch`.
     pub pinned: Option<(u64, u64, u64)>,
+    /// `started_at_ms`.
+    pub started_at_ms: u64,
+    /// `completed_at_ms`.
+    pub completed_at_ms: Option<u64>,
 }
 
 /// A `history` row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryEntry {
     /// `event_type`.
     pub event_type: String,
     /// `event_data` JSON.
     pub data: String,
+    /// `created_at_ms`.
+    pub created_at_ms: u64,
 }
 
 /// A `worker_queue` row.
@@ -138,10 +123,12 @@ pub struct WorkEntry {
     pub locked_until_ms: Option<u64>,
     /// `attempt_count`.
     pub attempt_count: u32,
+    /// `enqueued_at_ms`.
+    pub enqueued_at_ms: u64,
 }
 
 /// A `sessions` row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionEntry {
     /// `owner_id`.
     pub owner_id: String,
@@ -180,174 +167,58 @@ pub struct ModelState {
     pub last_xid: u64,
     /// What became of each transaction that learned its id.
     pub xids: BTreeMap<u64, CommitStatus>,
-    /// Lock tokens of acks and abandons that applied (`settled_tokens`).
-    pub settled: std::collections::BTreeSet<String>,
-}
-
-/// The outcome of executing one request.
-#[derive(Debug, Clone)]
-pub struct Executed {
-    /// What the store returns.
-    pub result: Result<Response, StoreFault>,
-    /// The transaction id the request learned (only methods that read it).
-    pub xid: Option<u64>,
-    /// Whether anything was written (a rolled-back guard or an error writes nothing).
-    pub wrote: bool,
+    /// Lock tokens of acks and abandons that applied (`settled_tokens`),
+    /// with when.
+    pub settled: BTreeMap<String, u64>,
 }
 
 impl ModelState {
-    /// The unique-violation fault Postgres raises for a duplicate key.
-    pub(crate) fn unique_violation(what: &str) -> StoreFault {
-        StoreFault::Sql {
-            code: "23505".into(),
-            message: format!("duplicate key value violates unique constraint ({what})"),
-        }
-    }
-
     /// A new transaction id (`txid_current()`).
-    pub(crate) fn new_xid(&mut self) -> u64 {
+    pub fn new_xid(&mut self) -> u64 {
         self.last_xid += 1;
         self.xids.insert(self.last_xid, CommitStatus::InProgress);
         self.last_xid
     }
 
     /// Record a transaction's fate.
-    pub(crate) fn finish_xid(&mut self, xid: u64, status: CommitStatus) {
+    pub fn finish_xid(&mut self, xid: u64, status: CommitStatus) {
         self.xids.insert(xid, status);
     }
 
-    /// The `visible_at_ms` a row gets (`COALESCE(at, now + COALESCE(delay, 0))`).
-    pub(crate) fn visible_at(now_ms: u64, visibility: Visibility) -> u64 {
-        match visibility {
-            Visibility::Now => now_ms,
-            Visibility::DelayMs(d) => now_ms.saturating_add(d),
-            Visibility::AtMs(t) => t,
+    /// The latest execution of `instance` — its row's current execution, or
+    /// without a row the highest stored — and that execution's events (what
+    /// `latest_histories` reads).
+    pub fn latest_history(&self, instance: &str) -> (Option<u64>, Vec<StoredEvent>) {
+        let from_row = self.instances.get(instance).map(|r| r.current_execution_id);
+        let highest =
+            |keys: &mut dyn Iterator<Item = &(String, u64)>| keys.filter(|(i, _)| i == instance).map(|(_, e)| *e).max();
+        let exec = from_row
+            .or_else(|| highest(&mut self.executions.keys()))
+            .or_else(|| highest(&mut self.history.keys()));
+        match exec {
+            Some(e) => (Some(e), self.events(instance, e)),
+            None => (None, Vec::new()),
         }
     }
 
-    /// `INSERT INTO orchestrator_queue`.
-    pub(crate) fn insert_orchestrator(&mut self, row: &OrchRow, now_ms: u64) {
-        self.next_orch_id += 1;
-        self.orchestrator_queue.insert(
-            self.next_orch_id,
-            OrchMessage {
-                instance: row.instance.clone(),
-                payload: row.payload.clone(),
-                visible_at_ms: Self::visible_at(now_ms, row.visibility),
-                lock_token: None,
-                attempt_count: 0,
-                enqueued_at_ms: now_ms,
-            },
-        );
-    }
-
-    /// A write that learned its transaction id and committed.
-    fn committed(&mut self, response: Response) -> Executed {
-        let xid = self.new_xid();
-        self.finish_xid(xid, CommitStatus::Committed);
-        Executed {
-            result: Ok(response),
-            xid: Some(xid),
-            wrote: true,
-        }
-    }
-
-    /// Execute one request at store time `now_ms`, as one transaction. A
-    /// write under a lock token that applied records the token as settled,
-    /// as `PgStore` does in `settled_tokens` in the same transaction.
-    pub fn execute(&mut self, request: &Request, now_ms: u64) -> Executed {
-        let executed = self.execute_one(request, now_ms);
-        if executed.result == Ok(Response::Guarded(Guarded::Applied)) {
-            if let Some(token) = request.settles() {
-                self.settled.insert(token.to_string());
-            }
-        }
-        executed
-    }
-
-    fn execute_one(&mut self, request: &Request, now_ms: u64) -> Executed {
-        let plain = |result: Result<Response, StoreFault>, wrote: bool| Executed {
-            result,
-            xid: None,
-            wrote,
-        };
-        match request {
-            Request::EnqueueOrchestrator(row) => {
-                self.insert_orchestrator(row, now_ms);
-                self.committed(Response::Unit)
-            }
-            Request::ClaimInstance(claim) => {
-                let got = self.claim_instance(claim, now_ms);
-                let wrote = got.is_some();
-                plain(Ok(Response::Claimed(got)), wrote)
-            }
-            Request::ReleaseInstance(token, kind) => {
-                self.release_instance(token, *kind, now_ms);
-                plain(Ok(Response::Unit), true)
-            }
-            Request::ApplyTurn(plan) => self.apply_turn(plan, now_ms),
-            Request::AbandonInstance(token, delay, ignore) => {
-                let g = self.abandon_instance(token, *delay, *ignore, now_ms);
-                plain(Ok(Response::Guarded(g)), g == Guarded::Applied)
-            }
-            Request::RenewInstanceLock(token, ext) => {
-                let g = self.renew_instance_lock(token, *ext, now_ms);
-                plain(Ok(Response::Guarded(g)), g == Guarded::Applied)
-            }
-            Request::AppendHistory(instance, exec, rows) => match self.append_history(instance, *exec, rows) {
-                Ok(()) => self.committed(Response::Unit),
-                Err(fault) => plain(Err(fault), false),
-            },
-            Request::CompleteWorkItem(token, completion) => self.complete_work_item(token, completion.as_ref(), now_ms),
-            _ => self.execute_rest(request, now_ms),
-        }
-    }
-
-    /// The worker-queue writes and the reads.
-    fn execute_rest(&mut self, request: &Request, now_ms: u64) -> Executed {
-        let plain = |result: Response, wrote: bool| Executed {
-            result: Ok(result),
-            xid: None,
-            wrote,
-        };
-        match request {
-            Request::EnqueueWorker(row) => {
-                self.insert_worker(row, now_ms);
-                self.committed(Response::Unit)
-            }
-            Request::ClaimWorkItem(claim) => {
-                let got = self.claim_work_item(claim, now_ms);
-                let wrote = got.is_some();
-                plain(Response::Work(got), wrote)
-            }
-            Request::AbandonWorkItem(token, delay, ignore) => {
-                match self.abandon_work_item(token, *delay, *ignore, now_ms) {
-                    Guarded::Applied => self.committed(Response::Guarded(Guarded::Applied)),
-                    Guarded::NotHeld => plain(Response::Guarded(Guarded::NotHeld), false),
-                }
-            }
-            Request::RenewWorkItem(token, ext) => {
-                let g = self.renew_work_item(token, *ext, now_ms);
-                plain(Response::Guarded(g), g == Guarded::Applied)
-            }
-            Request::RenewSessions(owners, ext, idle) => {
-                let n = self.renew_sessions(owners, *ext, *idle, now_ms);
-                plain(Response::Count(n), n > 0)
-            }
-            Request::CleanupSessions => {
-                let n = self.cleanup_sessions(now_ms);
-                plain(Response::Count(n), n > 0)
-            }
-            _ => Executed {
-                result: self.read(request, now_ms),
-                xid: None,
-                wrote: false,
-            },
-        }
+    /// The stored events of one execution, in event-id order.
+    pub fn events(&self, instance: &str, execution_id: u64) -> Vec<StoredEvent> {
+        self.history
+            .get(&(instance.to_string(), execution_id))
+            .map(|events| {
+                events
+                    .iter()
+                    .map(|(id, e)| StoredEvent {
+                        event_id: *id,
+                        data: e.data.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
-/// The model store: shared state behind a lock, a clock, and wake-up signals.
+/// The committed tables behind a lock, and the store clock.
 /// Clones share everything (like providers connected to one database).
 #[derive(Clone)]
 pub struct ModelStore {
@@ -357,7 +228,6 @@ pub struct ModelStore {
 struct Inner {
     state: Mutex<ModelState>,
     clock: Arc<dyn Clock>,
-    signals: Signals,
 }
 
 impl std::fmt::Debug for ModelStore {
@@ -373,7 +243,6 @@ impl ModelStore {
             inner: Arc::new(Inner {
                 state: Mutex::new(ModelState::default()),
                 clock,
-                signals: Signals::default(),
             }),
         }
     }
@@ -388,12 +257,6 @@ impl ModelStore {
         // A panic while holding the lock leaves the state as it was at the
         // panic; the simulator reports the panic itself, so keep going.
         self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Execute one request now.
-    pub fn execute(&self, request: &Request) -> Executed {
-        let now_ms = self.now_ms();
-        self.state().execute(request, now_ms)
     }
 
     /// Replace every stored history event of `instance` with JSON that does
@@ -418,158 +281,5 @@ impl ModelStore {
             .map(|m| m.attempt_count)
             .max()
             .unwrap_or(0)
-    }
-
-    fn call(&self, request: Request) -> Result<Response, StoreFault> {
-        self.execute(&request).result
-    }
-}
-
-/// A response of the wrong variant: a bug in the model, reported as a client error.
-pub(crate) fn mismatch(op: &str, got: &Response) -> StoreFault {
-    StoreFault::Client {
-        detail: format!("model store answered {op} with {got:?}"),
-    }
-}
-
-macro_rules! want {
-    ($result:expr, $op:literal, $pat:pat => $val:expr) => {
-        match $result? {
-            $pat => Ok($val),
-            other => Err($crate::model::mismatch($op, &other)),
-        }
-    };
-}
-pub(crate) use want;
-
-#[async_trait]
-impl Store for ModelStore {
-    fn name(&self) -> &'static str {
-        "model"
-    }
-
-    fn signals(&self) -> &Signals {
-        &self.inner.signals
-    }
-
-    async fn enqueue_orchestrator(&self, row: &OrchRow) -> Result<(), StoreFault> {
-        want!(self.call(Request::EnqueueOrchestrator(row.clone())), "enqueue", Response::Unit => ())
-    }
-
-    async fn claim_instance(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault> {
-        want!(self.call(Request::ClaimInstance(claim.clone())), "claim", Response::Claimed(c) => c)
-    }
-
-    async fn release_instance(&self, lock_token: &str, kind: ReleaseKind) -> Result<(), StoreFault> {
-        let r = self.call(Request::ReleaseInstance(lock_token.into(), kind));
-        want!(r, "release", Response::Unit => ())
-    }
-
-    async fn read_instance_lock(&self, lock_token: &str) -> Result<Option<LockRead>, StoreFault> {
-        want!(self.call(Request::ReadInstanceLock(lock_token.into())), "read_lock", Response::Lock(l) => l)
-    }
-
-    async fn apply_turn(&self, plan: &TurnPlan) -> Result<Guarded, StoreFault> {
-        want!(self.call(Request::ApplyTurn(plan.clone())), "apply_turn", Response::Guarded(g) => g)
-    }
-
-    async fn abandon_instance(
-        &self,
-        lock_token: &str,
-        delay_ms: Option<u64>,
-        ignore_attempt: bool,
-    ) -> Result<Guarded, StoreFault> {
-        let r = self.call(Request::AbandonInstance(lock_token.into(), delay_ms, ignore_attempt));
-        want!(r, "abandon", Response::Guarded(g) => g)
-    }
-
-    async fn renew_instance_lock(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault> {
-        let r = self.call(Request::RenewInstanceLock(lock_token.into(), extend_ms));
-        want!(r, "renew", Response::Guarded(g) => g)
-    }
-
-    async fn read_history(
-        &self,
-        instance: &str,
-        execution_id: Option<u64>,
-    ) -> Result<(u64, Vec<StoredEvent>), StoreFault> {
-        let r = self.call(Request::ReadHistory(instance.into(), execution_id));
-        want!(r, "read_history", Response::History(e, rows) => (e, rows))
-    }
-
-    async fn append_history(&self, instance: &str, execution_id: u64, rows: &[HistoryRow]) -> Result<(), StoreFault> {
-        let r = self.call(Request::AppendHistory(instance.into(), execution_id, rows.to_vec()));
-        want!(r, "append", Response::Unit => ())
-    }
-
-    async fn enqueue_worker(&self, row: &WorkerRow) -> Result<(), StoreFault> {
-        want!(self.call(Request::EnqueueWorker(row.clone())), "enqueue_worker", Response::Unit => ())
-    }
-
-    async fn claim_work_item(&self, claim: &WorkClaim) -> Result<Option<ClaimedWork>, StoreFault> {
-        want!(self.call(Request::ClaimWorkItem(claim.clone())), "claim_work", Response::Work(w) => w)
-    }
-
-    async fn complete_work_item(&self, lock_token: &str, completion: Option<&OrchRow>) -> Result<Guarded, StoreFault> {
-        let r = self.call(Request::CompleteWorkItem(lock_token.into(), completion.cloned()));
-        want!(r, "complete_work", Response::Guarded(g) => g)
-    }
-
-    async fn abandon_work_item(
-        &self,
-        lock_token: &str,
-        delay_ms: Option<u64>,
-        ignore_attempt: bool,
-    ) -> Result<Guarded, StoreFault> {
-        let r = self.call(Request::AbandonWorkItem(lock_token.into(), delay_ms, ignore_attempt));
-        want!(r, "abandon_work", Response::Guarded(g) => g)
-    }
-
-    async fn renew_work_item(&self, lock_token: &str, extend_ms: u64) -> Result<Guarded, StoreFault> {
-        let r = self.call(Request::RenewWorkItem(lock_token.into(), extend_ms));
-        want!(r, "renew_work", Response::Guarded(g) => g)
-    }
-
-    async fn renew_sessions(
-        &self,
-        owner_ids: &[String],
-        extend_ms: u64,
-        idle_timeout_ms: u64,
-    ) -> Result<u64, StoreFault> {
-        let r = self.call(Request::RenewSessions(owner_ids.to_vec(), extend_ms, idle_timeout_ms));
-        want!(r, "renew_sessions", Response::Count(n) => n)
-    }
-
-    async fn cleanup_sessions(&self) -> Result<u64, StoreFault> {
-        want!(self.call(Request::CleanupSessions), "cleanup_sessions", Response::Count(n) => n)
-    }
-
-    async fn custom_status(
-        &self,
-        instance: &str,
-        last_seen_version: u64,
-    ) -> Result<Option<(Option<String>, u64)>, StoreFault> {
-        let r = self.call(Request::CustomStatus(instance.into(), last_seen_version));
-        want!(r, "custom_status", Response::Custom(c) => c)
-    }
-
-    async fn kv_value(&self, instance: &str, key: &str) -> Result<Option<String>, StoreFault> {
-        want!(self.call(Request::KvValue(instance.into(), key.into())), "kv_value", Response::Value(v) => v)
-    }
-
-    async fn kv_all(&self, instance: &str) -> Result<Vec<(String, String)>, StoreFault> {
-        want!(self.call(Request::KvAll(instance.into())), "kv_all", Response::Pairs(p) => p)
-    }
-
-    async fn instance_stats(&self, instance: &str) -> Result<Option<RawStats>, StoreFault> {
-        want!(self.call(Request::InstanceStats(instance.into())), "stats", Response::Stats(s) => s)
-    }
-
-    async fn commit_status(&self, xid: u64) -> Result<CommitStatus, StoreFault> {
-        want!(self.call(Request::CommitStatus(xid)), "commit_status", Response::Commit(c) => c)
-    }
-
-    async fn token_settled(&self, lock_token: &str) -> Result<bool, StoreFault> {
-        want!(self.call(Request::TokenSettled(lock_token.to_string())), "token_settled", Response::Count(n) => n > 0)
     }
 }
