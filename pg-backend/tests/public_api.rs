@@ -60,6 +60,7 @@ const EXPECTED: &[&str] = &[
     "testing::internals::SYSTEM_METRICS_EXACT_BELOW",
     "testing::internals::Sql",
     "testing::internals::TABLES",
+    "testing::internals::checksum",
     "testing::internals::fault",
     "testing::internals::render",
     "testing::internals::system_roots",

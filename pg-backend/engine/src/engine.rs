@@ -195,8 +195,27 @@ struct EmptyMark {
     epoch: u64,
     seen_at: Instant,
     due_at: Option<Instant>,
-    /// Claims made since by this kind of claim.
+    /// Claims made since by this kind of claim that began after an item was
+    /// announced past `epoch` (only those can have consumed one).
     claimed: u64,
+}
+
+impl EmptyMark {
+    /// Whether the queue is still known to be empty at `epoch`: every item
+    /// announced since the look was claimed since, the re-check is not due
+    /// and no message the look saw coming has become visible.
+    fn still_empty(&self, epoch: u64, now: Instant, recheck: Duration) -> bool {
+        epoch.saturating_sub(self.epoch) <= self.claimed
+            && now < self.seen_at + recheck
+            && self.due_at.is_none_or(|due| now < due)
+    }
+
+    /// A claim that began at `epoch` succeeded; see [`Engine::note_claimed`].
+    fn claimed_by(&mut self, epoch: u64) {
+        if epoch > self.epoch {
+            self.claimed += 1;
+        }
+    }
 }
 
 /// A store opened from a connection string. It gives `Engine<S>` its
@@ -612,18 +631,19 @@ impl<S: Store> Engine<S> {
         let mark = marks
             .as_ref()
             .and_then(|m| m.get(&empty_key(queue, claim_key)).copied());
-        mark.is_some_and(|m| {
-            epoch.saturating_sub(m.epoch) <= m.claimed
-                && now < m.seen_at + recheck
-                && m.due_at.is_none_or(|due| now < due)
-        })
+        mark.is_some_and(|m| m.still_empty(epoch, now, recheck))
     }
 
-    /// A claim of this kind succeeded: it consumed one announced item.
-    fn note_claimed(&self, queue: QueueKind, claim_key: &str) {
+    /// A claim of this kind that began at `epoch` succeeded. It consumed
+    /// one of the items announced since an empty look only if it began
+    /// after one was announced; a claim already under way when the look
+    /// found the queue empty took an item the look could not see (it was
+    /// being locked), and counting it would hide the next announced item
+    /// from every idle fetcher until the re-check — a lost wake-up.
+    fn note_claimed(&self, queue: QueueKind, claim_key: &str, epoch: u64) {
         if let Ok(mut marks) = self.empty.lock() {
             if let Some(m) = marks.get_mut(&empty_key(queue, claim_key)) {
-                m.claimed += 1;
+                m.claimed_by(epoch);
             }
         }
     }
@@ -684,7 +704,7 @@ impl<S: Store> Engine<S> {
                 let started = Instant::now();
                 self.stats.looks[q].fetch_add(1, Ordering::Relaxed);
                 if let Some(found) = attempt().await? {
-                    self.note_claimed(queue, claim_key);
+                    self.note_claimed(queue, claim_key, epoch);
                     return Ok(Some(found));
                 }
                 self.stats.empty[q].fetch_add(1, Ordering::Relaxed);
@@ -720,4 +740,40 @@ fn empty_key(queue: QueueKind, claim_key: &str) -> String {
 /// A permanent error for a request the provider refuses.
 pub(crate) fn refuse(operation: &str, message: impl std::fmt::Display) -> ProviderError {
     ProviderError::permanent(operation, message.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark_at(epoch: u64) -> EmptyMark {
+        EmptyMark {
+            epoch,
+            seen_at: Instant::now(),
+            due_at: None,
+            claimed: 0,
+        }
+    }
+
+    #[test]
+    fn a_claim_under_way_during_the_empty_look_does_not_hide_the_next_item() {
+        let recheck = Duration::from_secs(1);
+        let mut mark = mark_at(5);
+        // A claim that began before anything new was announced finishes.
+        mark.claimed_by(5);
+        let now = Instant::now();
+        assert!(mark.still_empty(5, now, recheck), "nothing new announced");
+        assert!(!mark.still_empty(6, now, recheck), "a new item must be looked for");
+    }
+
+    #[test]
+    fn a_claim_of_an_announced_item_keeps_the_queue_known_empty() {
+        let recheck = Duration::from_secs(1);
+        let mut mark = mark_at(5);
+        mark.claimed_by(6);
+        let now = Instant::now();
+        assert!(mark.still_empty(6, now, recheck), "the one announced item was claimed");
+        assert!(!mark.still_empty(7, now, recheck));
+        assert!(!mark.still_empty(6, now + recheck, recheck), "the re-check is due");
+    }
 }

@@ -19,6 +19,10 @@
 //!
 //! Runtime log lines (warnings and up, or `RUST_LOG`) go to a file; lines
 //! containing `unique_violation` are counted per run.
+//!
+//! `CHAOS_RECHECK_MS=N` sets the provider's `notified_recheck_ms` (a
+//! diagnostic: how much of the wall time idle fetchers spend waiting for the
+//! re-check because a wake-up did not reach them).
 
 use duropg::PgProvider;
 use duropg_tests::cluster::Cluster;
@@ -288,9 +292,14 @@ async fn terminal_counts(client: &duroxide::Client) -> Option<(u64, u64)> {
 
 async fn run_one(fault: Fault, run: u32, count: u64, limit: Duration) -> Row {
     let cluster = Cluster::start().await;
+    let mut engine = duropg::EngineConfig::default();
+    if let Some(ms) = std::env::var("CHAOS_RECHECK_MS").ok().and_then(|v| v.parse().ok()) {
+        engine.poll.notified_recheck_ms = ms;
+    }
     let provider = PgProvider::builder(&cluster.url())
         .schema("chaos")
         .pool_size(12)
+        .engine_config(engine)
         .build()
         .await
         .unwrap_or_else(|e| panic!("provider on the throwaway cluster: {e}"));
