@@ -411,6 +411,9 @@ pub struct ClientLog {
     pub retried_starts: BTreeSet<String>,
     /// Instances whose start never got through.
     pub failed_starts: BTreeSet<String>,
+    /// What the client sent before the run ended: (instance, event name;
+    /// `None` for the start).
+    pub sent: BTreeSet<(String, Option<String>)>,
 }
 
 /// The client: starts orchestrations and raises events on schedule.
@@ -444,6 +447,7 @@ pub async fn client(ctx: Rc<HostCtx>, workload: Workload, log: Rc<RefCell<Client
         };
         let sends = send_until_ok(&ctx, item).await;
         let mut log = log.borrow_mut();
+        log.sent.insert((instance.clone(), event.clone()));
         match (event, sends) {
             (None, 0) => {
                 log.failed_starts.insert(instance);

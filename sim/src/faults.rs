@@ -231,7 +231,7 @@ impl FaultPlan {
             (LockNotAvailable, 0.005),
             (ReadOnly, 0.003),
             (CachedPlan, 0.003),
-            (UniqueViolation, 0.0005),
+            (UniqueViolation, 0.005),
             (AdminShutdown, 0.004),
             (PoolTimeout, 0.03),
             (CutBeforeRequest, 0.004),

@@ -14,8 +14,11 @@ use std::io::Write;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: duropg-sim (--seed N | --seeds A..B) [--hosts H] [--instances K] \
-fault kinds: deadlock serialization lock-not-available admin-shutdown connection-failure \
-unique-violation foreign-key-violation pool-timeout pool-closed drop-request reply-lost commit-lost stall; skew=MS";
+[--faults kind=p,...|none|all] [--safety-ms MS] [--liveness-ms MS] [--dump]
+fault kinds: deadlock serialization lock-not-available read-only cached-plan unique-violation \
+admin-shutdown pool-timeout cut-before-request cut-after-parse cut-before-commit cut-after-commit \
+fatal-after-commit idle-kill half-open slow-reply restart notify-delayed notify-lost listener-drop \
+cancel-fetch stall; skew=MS";
 
 /// What the command line asked for.
 struct Args {

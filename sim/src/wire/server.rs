@@ -135,7 +135,8 @@ pub struct Server {
     pub trace: Trace,
     names: BTreeMap<String, &'static str>,
     read_only: BTreeSet<&'static str>,
-    /// Statements that insert rows: the only ones a unique violation can hit.
+    /// Statements that insert rows with no `ON CONFLICT`: the ones a unique
+    /// violation can hit (a claim's or an upsert's conflicts are handled).
     inserts: BTreeSet<&'static str>,
     ledger_sql: String,
     shared: RefCell<Shared>,
@@ -171,7 +172,8 @@ impl Server {
         let mut read_only = BTreeSet::new();
         let mut inserts = BTreeSet::new();
         for (name, template) in duropg::testing::internals::Sql::templates() {
-            if template.to_ascii_lowercase().contains("insert into") {
+            let lower = template.to_ascii_lowercase();
+            if lower.contains("insert into") && !lower.contains("on conflict") {
                 inserts.insert(*name);
             }
             names.insert(duropg::testing::internals::render(template, schema), *name);
@@ -207,11 +209,16 @@ impl Server {
 
     fn draw(&self, point: Point) -> Option<FaultKind> {
         let kind = self.faults.borrow_mut().draw(point)?;
+        self.injected(kind, point);
+        Some(kind)
+    }
+
+    /// Record an injected fault in the trace.
+    fn injected(&self, kind: FaultKind, point: Point) {
         if std::env::var_os("DUROPG_SIM_DEBUG").is_some() {
             eprintln!("{} ms: inject {kind} at {point:?}", sim_ms());
         }
         self.trace.record(TraceEvent::Injected { at_ms: sim_ms(), kind });
-        Some(kind)
     }
 
     async fn connection(self: Rc<Self>, stream: TcpStream) {
@@ -546,10 +553,14 @@ impl Server {
     /// A statement's fault, drawn as its `Execute` arrives.
     async fn statement_fault(&self, s: &mut Session, out: &mut Out, name: &str) -> Option<Flow> {
         let writes = !self.read_only.contains(name);
-        let kind = self.draw(if writes { Point::Write } else { Point::Read })?;
+        let point = if writes { Point::Write } else { Point::Read };
+        let kind = self.faults.borrow_mut().draw(point)?;
+        // Only an insert can violate a unique constraint.
+        if kind == FaultKind::UniqueViolation && !self.inserts.contains(name) {
+            return None;
+        }
+        self.injected(kind, point);
         match kind {
-            // Only an insert can violate a unique constraint.
-            FaultKind::UniqueViolation if !self.inserts.contains(name) => None,
             FaultKind::AdminShutdown => {
                 out.error(
                     "FATAL",
