@@ -270,13 +270,16 @@ impl Server {
         };
         loop {
             let idle_kill = session.idle && session.tx.is_none() && self.draw(Point::Idle) == Some(FaultKind::IdleKill);
+            // `biased`: a random branch choice would make runs differ.
             let message = tokio::select! {
+                biased;
                 m = read_message(&mut rd) => m,
                 () = kill.notified() => break,
                 () = idle_timer(idle_kill) => break,
             };
             let Ok(message) = message else { break };
             let flow = tokio::select! {
+                biased;
                 f = self.handle(&mut session, message) => f,
                 () = kill.notified() => Flow::Close,
             };
