@@ -187,6 +187,15 @@ impl PgProviderBuilder {
         self
     }
 
+    /// Whether an activity's ack claims the next activity in the same
+    /// transaction, for the worker slot's next fetch (default true). Such a
+    /// claim that no fetch takes within a second is given back. See
+    /// `docs/semantics.md`, "Claims made by acks".
+    pub fn claim_with_ack(mut self, yes: bool) -> Self {
+        self.engine.claim_with_ack = yes;
+        self
+    }
+
     /// Retry policy for retryable storage faults.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.engine.retry = policy;

@@ -680,3 +680,29 @@ async fn point_reads_agree_with_postgres() {
     }
     both.step("instance_stats", vec![t("i5")]).await.expect("stats");
 }
+
+#[tokio::test]
+async fn claimed_history_agrees_with_postgres() {
+    let mut both = Both::new("work_claimed_history").await;
+    seed_reads(&mut both).await;
+    // Activities of an instance with a row (i1: current execution 2), of one
+    // known only by its history (i3: highest execution 4), and of one with
+    // no history at all (i9); each claimed with its own token.
+    for (n, instance) in [(1, "i1"), (2, "i3"), (3, "i9")] {
+        both.step("enqueue_worker", work(&both, instance, n, None, None))
+            .await
+            .expect("enqueue");
+        let token = format!("h{n}");
+        both.step("claim_work", claim_plain("w", &token, 30_000))
+            .await
+            .expect("claim");
+    }
+    for token in [t("h1"), t("h2"), t("h3"), t("nobody"), N] {
+        for cap in [i(65_536), i(4), i(0), N] {
+            both.step("claimed_history", vec![token.clone(), cap])
+                .await
+                .expect("claimed history");
+        }
+    }
+    both.assert_tables_match().await;
+}

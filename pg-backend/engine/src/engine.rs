@@ -22,6 +22,7 @@
 //! never applied twice, because every write re-checks its lock.
 
 mod orchestration;
+mod prefetch;
 mod provider;
 mod worker;
 
@@ -107,6 +108,10 @@ pub struct EngineConfig {
     /// How many batches one fetch may set aside (orphans dropped, deferred)
     /// before it reports no work.
     pub max_claims_per_fetch: u32,
+    /// Whether an activity's ack claims the next activity in its own
+    /// transaction, for the worker slot's next fetch (see
+    /// `engine/prefetch.rs` and docs/semantics.md, "Claims made by acks").
+    pub claim_with_ack: bool,
 }
 
 impl Default for EngineConfig {
@@ -116,6 +121,7 @@ impl Default for EngineConfig {
             retry: RetryPolicy::default(),
             poll: PollConfig::default(),
             max_claims_per_fetch: 8,
+            claim_with_ack: true,
         }
     }
 }
@@ -141,6 +147,8 @@ pub struct Engine<S: Store> {
     leases: Mutex<HashMap<String, Lease>>,
     empty: Mutex<HashMap<String, EmptyMark>>,
     stats: FetchStats,
+    prefetch: Arc<Mutex<prefetch::Prefetch>>,
+    descriptors: Mutex<prefetch::Descriptors>,
 }
 
 /// A lease this process handed out.
@@ -270,6 +278,8 @@ impl<S: Store> Engine<S> {
             leases: Mutex::new(HashMap::new()),
             empty: Mutex::new(HashMap::new()),
             stats: FetchStats::default(),
+            prefetch: Arc::new(Mutex::new(prefetch::Prefetch::default())),
+            descriptors: Mutex::new(prefetch::Descriptors::default()),
         }
     }
 

@@ -95,6 +95,12 @@ pub struct ClaimedWork {
     pub payload: String,
     /// Attempt count after the claim's increment.
     pub attempt_count: u32,
+    /// The history of its instance's latest execution as the claim's
+    /// transaction saw it — `(execution id, events)` — when the store read
+    /// it in the same round trip (small histories only); `None` otherwise.
+    /// The engine answers the runtime's descriptor `read` with it (see
+    /// docs/semantics.md, "Reads").
+    pub history: Option<(u64, Vec<StoredEvent>)>,
 }
 
 /// Whether a guarded write found its lock.
@@ -289,6 +295,21 @@ pub trait Store: Send + Sync + 'static {
     /// Delete the activity this token holds unexpired and enqueue its
     /// completion, in one transaction.
     async fn complete_work_item(&self, lock_token: &str, completion: Option<&OrchRow>) -> Result<Guarded, StoreFault>;
+
+    /// [`Store::complete_work_item`] and, in the same transaction, a claim
+    /// of the next activity for `next` (so a worker slot's ack and its next
+    /// fetch cost one commit). The claim is idempotent by its token like
+    /// [`Store::claim_work_item`], and it is made whether or not the ack's
+    /// guard held. The default runs the ack alone and claims nothing.
+    async fn complete_work_item_and_claim(
+        &self,
+        lock_token: &str,
+        completion: Option<&OrchRow>,
+        next: &WorkClaim,
+    ) -> Result<(Guarded, Option<ClaimedWork>), StoreFault> {
+        let _ = next;
+        Ok((self.complete_work_item(lock_token, completion).await?, None))
+    }
 
     /// Whether an ack or abandon under this lock token committed
     /// (recently): each records its token in the same transaction. Asked

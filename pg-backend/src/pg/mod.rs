@@ -722,6 +722,17 @@ impl Store for PgStore {
         self.complete_work(lock_token, completion).await
     }
 
+    async fn complete_work_item_and_claim(
+        &self,
+        lock_token: &str,
+        completion: Option<&OrchRow>,
+        next: &WorkClaim,
+    ) -> Result<(Guarded, Option<ClaimedWork>), StoreFault> {
+        self.complete_work_and_claim(lock_token, completion, next)
+            .await
+            .map_err(raced_token)
+    }
+
     async fn token_settled(&self, lock_token: &str) -> Result<bool, StoreFault> {
         let rows = self.run(&[Stmt::new(&self.sql.token_settled).bind(lock_token)]).await?;
         let row = rows[0].first().ok_or_else(|| StoreFault::Client {

@@ -35,6 +35,9 @@ fn event_rows(rows: &[Row], table: &str, instance: &str) -> Result<Vec<StoredEve
         .collect()
 }
 
+/// How many times one claim runs when each attempt loses a race.
+const MAX_RACED_CLAIMS: u32 = 4;
+
 impl PgStore {
     /// `sql` — `enqueue_orchestrator` or `complete_work`, which share
     /// parameters $1 to $7 — with the message `row` (none: no message) and
@@ -65,41 +68,54 @@ impl PgStore {
             VersionWindow::Any | VersionWindow::Nothing => (true, (0, 0, 0), (0, 0, 0)),
         };
         let token = claim.lock_token.as_str();
-        let stmts = vec![
-            Stmt::new(&self.sql.claim_instance)
-                .bind(any)
-                .bind(int(min.0))
-                .bind(int(min.1))
-                .bind(int(min.2))
-                .bind(int(max.0))
-                .bind(int(max.1))
-                .bind(int(max.2))
-                .bind(self.claim_lock_class)
-                .bind(token)
-                .bind(int(claim.lock_timeout_ms)),
-            // The rest find the instance through the lock just taken (or
-            // nothing, when none was), so all go in the same round trip.
-            Stmt::new(&self.sql.tag_messages).bind(token),
-            Stmt::new(&self.sql.instance_row).bind(token),
-            Stmt::new(&self.sql.locked_history).bind(token),
-            Stmt::new(&self.sql.kv_snapshot).bind(token),
-        ];
-        let mut conn = self.conn().await?;
-        let results = self.transact(&mut conn, stmts).await?;
-        let key = || "claimed instance".to_string();
-        let Some(first) = results[0].first() else {
-            return Err(StoreFault::Client {
-                detail: "claim_instance returned no row".into(),
-            });
-        };
-        let Some(instance) = col::<Option<String>>(first, 0, "instance_locks", &key)? else {
-            let due = col::<Option<i64>>(first, 2, "orchestrator_queue", &|| "next visible".into())?;
-            self.set_hint(QueueKind::Orchestrator, due);
-            return Ok(None);
-        };
-        self.settle_wake(&instance);
-        let now_ms = uint(col(first, 1, "instance_locks", &key)?);
-        Ok(Some(claimed_batch(&instance, token, now_ms, &results[1..5])?))
+        // A claim that lost a race (see `claim_instance`'s last column) is
+        // run again at once, with a fresh snapshot: its "nothing" is not
+        // an empty queue, and reporting it as one would let idle fetchers
+        // skip the work it did not see until their next re-check.
+        for attempt in 1.. {
+            let stmts = vec![
+                Stmt::new(&self.sql.claim_instance)
+                    .bind(any)
+                    .bind(int(min.0))
+                    .bind(int(min.1))
+                    .bind(int(min.2))
+                    .bind(int(max.0))
+                    .bind(int(max.1))
+                    .bind(int(max.2))
+                    .bind(self.claim_lock_class)
+                    .bind(token)
+                    .bind(int(claim.lock_timeout_ms)),
+                // The rest find the instance through the lock just taken (or
+                // nothing, when none was), so all go in the same round trip.
+                Stmt::new(&self.sql.tag_messages).bind(token),
+                Stmt::new(&self.sql.instance_row).bind(token),
+                Stmt::new(&self.sql.locked_history).bind(token),
+                Stmt::new(&self.sql.kv_snapshot).bind(token),
+            ];
+            let mut conn = self.conn().await?;
+            let results = self.transact(&mut conn, stmts).await?;
+            let key = || "claimed instance".to_string();
+            let Some(first) = results[0].first() else {
+                return Err(StoreFault::Client {
+                    detail: "claim_instance returned no row".into(),
+                });
+            };
+            let Some(instance) = col::<Option<String>>(first, 0, "instance_locks", &key)? else {
+                let raced = col::<Option<bool>>(first, 3, "instance_locks", &key)?.unwrap_or(false);
+                if raced && attempt < MAX_RACED_CLAIMS {
+                    tracing::debug!(attempt, "orchestration claim lost a race; claiming again");
+                    continue;
+                }
+                let due = col::<Option<i64>>(first, 2, "orchestrator_queue", &|| "next visible".into())?;
+                // Still racing: say work may be visible now, so the fetch looks again soon.
+                self.set_hint(QueueKind::Orchestrator, if raced { Some(0) } else { due });
+                return Ok(None);
+            };
+            self.settle_wake(&instance);
+            let now_ms = uint(col(first, 1, "instance_locks", &key)?);
+            return Ok(Some(claimed_batch(&instance, token, now_ms, &results[1..5])?));
+        }
+        unreachable!("the loop returns")
     }
 
     /// Release a claim that will not be delivered. Guarded by the lock, like

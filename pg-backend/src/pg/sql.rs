@@ -146,7 +146,11 @@ statements! {
     /// another fetch is claiming right now (advisory lock class $8); take the
     /// lock with token $9 for $10 ms. One row: the instance and the lock
     /// time, or — both NULL — how long until the next message becomes
-    /// visible (NULL: none is waiting).
+    /// visible (NULL: none is waiting) and whether the claim lost a race:
+    /// it chose an instance whose lock another claim committed after this
+    /// statement's snapshot was taken, so its upsert took nothing and no
+    /// other candidate was tried. That "nothing" says nothing about the
+    /// queue; the store runs the claim again.
     ///
     /// Idempotent by token: when a lock with token $9 exists already (an
     /// earlier attempt of this claim committed and its reply was lost), the
@@ -198,11 +202,12 @@ statements! {
                 WHERE l.locked_until_ms <= EXCLUDED.locked_at_ms
             RETURNING instance_id, locked_at_ms
         )
-        SELECT instance_id, locked_at_ms, NULL::bigint FROM mine
+        SELECT instance_id, locked_at_ms, NULL::bigint, NULL::boolean FROM mine
         UNION ALL
-        SELECT instance_id, locked_at_ms, NULL::bigint FROM claimed
+        SELECT instance_id, locked_at_ms, NULL::bigint, NULL::boolean FROM claimed
         UNION ALL
-        SELECT NULL, NULL, (SELECT min(visible_at_ms) - {now} FROM {s}.orchestrator_queue WHERE visible_at_ms > {now})
+        SELECT NULL, NULL, (SELECT min(visible_at_ms) - {now} FROM {s}.orchestrator_queue WHERE visible_at_ms > {now}),
+               EXISTS (SELECT 1 FROM chosen)
         WHERE NOT EXISTS (SELECT 1 FROM claimed) AND NOT EXISTS (SELECT 1 FROM mine)";
 
     /// Tag the visible messages of the instance lock $1 holds with it, and
@@ -360,6 +365,28 @@ statements! {
         SELECT latest.instance_id, latest.execution_id, h.event_id, h.event_data
         FROM latest LEFT JOIN {s}.history h ON h.instance_id = latest.instance_id AND h.execution_id = latest.execution_id
         ORDER BY latest.instance_id, h.event_id";
+
+    /// History of the latest execution (as `latest_histories` picks it) of
+    /// the instance whose activity lock token $1 holds, read in the claim's
+    /// transaction so the runtime's descriptor read needs no round trip of
+    /// its own: `(execution_id, event_id, event_data)` by event id, or no
+    /// rows when the events' total size is above $2 bytes (then the read
+    /// goes to the database as usual).
+    claimed_history = "WITH w AS (
+            SELECT instance_id FROM {s}.worker_queue WHERE lock_token = $1
+        ), latest AS (
+            SELECT w.instance_id, COALESCE(
+                (SELECT i.current_execution_id FROM {s}.instances i WHERE i.instance_id = w.instance_id),
+                (SELECT max(e.execution_id) FROM {s}.executions e WHERE e.instance_id = w.instance_id),
+                (SELECT max(h.execution_id) FROM {s}.history h WHERE h.instance_id = w.instance_id)) AS execution_id
+            FROM w
+        ), events AS MATERIALIZED (
+            SELECT latest.execution_id, h.event_id, h.event_data
+            FROM latest JOIN {s}.history h ON h.instance_id = latest.instance_id AND h.execution_id = latest.execution_id
+        )
+        SELECT execution_id, event_id, event_data FROM events
+        WHERE (SELECT COALESCE(sum(pg_catalog.octet_length(event_data)), 0) FROM events) <= $2::bigint
+        ORDER BY event_id";
 
     /// History of one execution.
     execution_history = "SELECT event_id, event_data FROM {s}.history

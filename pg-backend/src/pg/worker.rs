@@ -2,10 +2,35 @@
 
 use super::error::{col, int, uint};
 use super::{guarded, PgStore, Stmt};
+use duropg_core::codec::StoredEvent;
 use duropg_core::route::{ActivityKey, OrchRow, WorkerRow};
 use duropg_core::work::TagPredicate;
 use duropg_core::StoreFault;
 use duropg_engine::store::{ClaimedWork, Guarded, QueueKind, WorkClaim};
+
+/// The largest history (total event bytes) a claim carries along for the
+/// runtime's descriptor read; a larger one is read when asked for.
+pub(crate) const CLAIMED_HISTORY_MAX_BYTES: i64 = 64 * 1024;
+
+/// Parse `claimed_history` rows: `None` when there were none (no history,
+/// or too large to carry).
+fn claimed_history(rows: &[tokio_postgres::Row]) -> Result<Option<(u64, Vec<StoredEvent>)>, StoreFault> {
+    let key = || "history read with a claim".to_string();
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let execution_id = uint(col(first, 0, "history", &key)?);
+    let events = rows
+        .iter()
+        .map(|r| {
+            Ok(StoredEvent {
+                event_id: uint(col(r, 1, "history", &key)?),
+                data: col(r, 2, "history", &key)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreFault>>()?;
+    Ok(Some((execution_id, events)))
+}
 
 /// Parse a `claim_work` row.
 fn claimed_work(row: &tokio_postgres::Row) -> Result<ClaimedWork, StoreFault> {
@@ -21,6 +46,7 @@ fn claimed_work(row: &tokio_postgres::Row) -> Result<ClaimedWork, StoreFault> {
         session_id: col(row, 3, "worker_queue", &key)?,
         payload: col(row, 1, "worker_queue", &key)?,
         attempt_count: u32::try_from(attempts).unwrap_or(0),
+        history: None,
     })
 }
 
@@ -40,16 +66,18 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn claim_work(&self, claim: &WorkClaim) -> Result<Option<ClaimedWork>, StoreFault> {
+    /// The `claim_work` statement for `claim`, and the `claimed_history`
+    /// statement that reads what it claimed in the same transaction.
+    fn claim_stmts<'a>(&'a self, claim: &'a WorkClaim) -> Option<[Stmt<'a>; 2]> {
         let (any, untagged, tags) = match &claim.tags {
-            TagPredicate::Nothing => return Ok(None),
+            TagPredicate::Nothing => return None,
             TagPredicate::Rows { untagged, tags, any } => (*any, *untagged, tags.clone()),
         };
         let (owner, session_ms) = match &claim.session {
             Some(s) => (s.owner_id.as_str(), s.lock_timeout_ms),
             None => ("", 0),
         };
-        let stmt = Stmt::new(&self.sql.claim_work)
+        let claim_stmt = Stmt::new(&self.sql.claim_work)
             .bind(any)
             .bind(untagged)
             .bind(tags)
@@ -58,9 +86,20 @@ impl PgStore {
             .bind(claim.lock_token.as_str())
             .bind(int(claim.lock_timeout_ms))
             .bind(int(session_ms));
-        let mut conn = self.conn().await?;
-        let results = self.transact(&mut conn, vec![stmt]).await?;
-        let Some(row) = results[0].first() else {
+        let history = Stmt::new(&self.sql.claimed_history)
+            .bind(claim.lock_token.as_str())
+            .bind(CLAIMED_HISTORY_MAX_BYTES);
+        Some([claim_stmt, history])
+    }
+
+    /// What `claim_stmts` returned: the claimed activity with its history,
+    /// or `None` (recording the hint for when the next one is due).
+    fn claimed(
+        &self,
+        claim_rows: &[tokio_postgres::Row],
+        history_rows: &[tokio_postgres::Row],
+    ) -> Result<Option<ClaimedWork>, StoreFault> {
+        let Some(row) = claim_rows.first() else {
             return Err(StoreFault::Client {
                 detail: "claim_work returned no row".into(),
             });
@@ -70,7 +109,45 @@ impl PgStore {
             self.set_hint(QueueKind::Worker, due);
             return Ok(None);
         }
-        claimed_work(row).map(Some)
+        let mut work = claimed_work(row)?;
+        // A history that cannot be read here is read again when asked for.
+        work.history = claimed_history(history_rows).unwrap_or(None);
+        Ok(Some(work))
+    }
+
+    pub(super) async fn claim_work(&self, claim: &WorkClaim) -> Result<Option<ClaimedWork>, StoreFault> {
+        let Some(stmts) = self.claim_stmts(claim) else {
+            return Ok(None);
+        };
+        let mut conn = self.conn().await?;
+        let results = self.transact(&mut conn, stmts.into()).await?;
+        self.claimed(&results[0], &results[1])
+    }
+
+    /// The ack and the next claim in one transaction (see
+    /// `Store::complete_work_item_and_claim`).
+    pub(super) async fn complete_work_and_claim(
+        &self,
+        lock_token: &str,
+        completion: Option<&OrchRow>,
+        next: &WorkClaim,
+    ) -> Result<(Guarded, Option<ClaimedWork>), StoreFault> {
+        let Some([claim_stmt, history]) = self.claim_stmts(next) else {
+            return Ok((self.complete_work(lock_token, completion).await?, None));
+        };
+        let ack = self
+            .message_stmt(&self.sql.complete_work, completion, self.coalescer.enabled())
+            .bind(lock_token);
+        let mut conn = self.conn().await?;
+        let results = self.transact(&mut conn, vec![ack, claim_stmt, history]).await?;
+        let outcome = match results[0].first() {
+            Some(row) => {
+                self.announce_completion(row, completion);
+                Guarded::Applied
+            }
+            None => Guarded::NotHeld,
+        };
+        Ok((outcome, self.claimed(&results[1], &results[2])?))
     }
 
     pub(super) async fn complete_work(
@@ -86,6 +163,12 @@ impl PgStore {
         let Some(row) = rows.first() else {
             return Ok(Guarded::NotHeld);
         };
+        self.announce_completion(row, completion);
+        Ok(Guarded::Applied)
+    }
+
+    /// Wake fetchers for what a committed `complete_work` row announced.
+    fn announce_completion(&self, row: &tokio_postgres::Row, completion: Option<&OrchRow>) {
         if let Some(completion) = completion {
             // Committed: from here on nothing may fail the ack. Columns that
             // cannot be read (never expected) wake at once.
@@ -100,7 +183,6 @@ impl PgStore {
                 _ => self.signals.wake(QueueKind::Orchestrator, 1),
             }
         }
-        Ok(Guarded::Applied)
     }
 
     pub(super) async fn abandon_work(

@@ -290,6 +290,16 @@ impl<S: Store> Store for FaultyStore<S> {
         self.by_token(self.inner.complete_work_item(lock_token, completion))
             .await
     }
+
+    async fn complete_work_item_and_claim(
+        &self,
+        lock_token: &str,
+        completion: Option<&OrchRow>,
+        next: &WorkClaim,
+    ) -> Result<(Guarded, Option<ClaimedWork>), StoreFault> {
+        self.by_token(self.inner.complete_work_item_and_claim(lock_token, completion, next))
+            .await
+    }
     async fn token_settled(&self, lock_token: &str) -> Result<bool, StoreFault> {
         self.inner.token_settled(lock_token).await
     }

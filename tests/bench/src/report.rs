@@ -132,6 +132,9 @@ impl Table<Results> {
     /// The table's rows; `ceiling` is the server's one-row-insert commit rate.
     pub fn rows(&self, ceiling: f64) -> Vec<Row> {
         let frac = |t: &crate::scenarios::Throughput| Some(100.0 * t.orch_per_s / (ceiling / t.tx_per_orch.max(1e-9)));
+        // The worker-slot bound: W slots, one 10 ms activity each at a time,
+        // 5 activities per orchestration (see CEILINGS).
+        let slots = |orch_per_s: f64, workers: f64| Some(100.0 * orch_per_s / (workers * 20.0));
         vec![
             self.row("runtime only: transactions / orchestration", 1, |r| {
                 Some(r.provider_cost.tx_per_orch)
@@ -142,7 +145,13 @@ impl Table<Results> {
             self.row("runtime only: orchestrations/s", 1, |r| {
                 Some(r.provider_cost.orch_per_s)
             }),
+            self.row("runtime only: % of the 40/s slot ceiling", 1, |r| {
+                slots(r.provider_cost.orch_per_s, 2.0)
+            }),
             self.row("2/2 dispatchers: orchestrations/s", 1, |r| Some(r.standard.orch_per_s)),
+            self.row("2/2 dispatchers: % of the 40/s slot ceiling", 1, |r| {
+                slots(r.standard.orch_per_s, 2.0)
+            }),
             self.row("2/2 dispatchers: activities/s", 1, |r| Some(r.standard.act_per_s)),
             self.row("2/2 dispatchers: success %", 1, |r| Some(r.standard.success_pct)),
             self.row("2/2 dispatchers: transactions / orchestration", 1, |r| {
@@ -153,6 +162,9 @@ impl Table<Results> {
             }),
             self.row("2/2 dispatchers: % of commit ceiling", 1, |r| frac(&r.standard)),
             self.row("8/8 dispatchers: orchestrations/s", 1, |r| Some(r.high.orch_per_s)),
+            self.row("8/8 dispatchers: % of the 160/s slot ceiling", 1, |r| {
+                slots(r.high.orch_per_s, 8.0)
+            }),
             self.row("8/8 dispatchers: activities/s", 1, |r| Some(r.high.act_per_s)),
             self.row("8/8 dispatchers: success %", 1, |r| Some(r.high.success_pct)),
             self.row("8/8 dispatchers: transactions / orchestration", 1, |r| {
@@ -171,6 +183,8 @@ impl Table<Results> {
             }),
             self.row("idle latency p50 (ms)", 1, |r| Some(r.latency.p50_ms)),
             self.row("idle latency p99 (ms)", 1, |r| Some(r.latency.p99_ms)),
+            self.row("idle latency max (ms)", 1, |r| Some(r.latency.max_ms)),
+            self.row("idle latency: samples over 100 ms", 0, |r| Some(r.latency.over_100ms)),
             self.row("256 KiB in/out: orchestrations/s", 1, |r| Some(r.large.orch_per_s)),
             self.row("256 KiB in/out: latency p50 (ms)", 1, |r| Some(r.large_latency.p50_ms)),
             self.row("256 KiB in/out: transactions / orchestration", 1, |r| {
@@ -297,8 +311,11 @@ const CEILINGS: &str = "## What bounds these scenarios\n\n\
     (1); per activity a claim, an ack and a read of the instance's whole \
     history, which duroxide's worker makes to tell the activity its \
     orchestration's name and version (`Runtime::get_orchestration_descriptor` \
-    calls `Provider::read`), so 15; and a claim and an ack per orchestration \
-    turn. How many turns a fan-out of 5 takes depends on how completions are \
+    calls `Provider::read`), so 15 for a provider that runs each call on its \
+    own; and a claim and an ack per orchestration turn. duropg folds a worker \
+    slot's next claim into its ack's transaction and reads the history in the \
+    claim's, so a busy slot pays one transaction per activity (see \
+    docs/semantics.md, \"Claims made by acks\"). How many turns a fan-out of 5 takes depends on how completions are \
     batched: duroxide-pg's 100 ms poll sleep lets them pile up (about 2 turns \
     per orchestration) at the price of the idle latency in the table; duropg \
     wakes a dispatcher as soon as a completion commits, but holds the wake-up \

@@ -64,6 +64,10 @@ pub struct Latency {
     pub p50_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
+    /// The slowest sample.
+    pub max_ms: f64,
+    /// Samples over 100 ms.
+    pub over_100ms: f64,
 }
 
 /// Everything one provider produced in one round.
@@ -217,7 +221,7 @@ async fn timed_run(client: &Client, instance: &str, name: &str, input: String) -
     }
 }
 
-/// p50 and p99 of `samples`, in milliseconds.
+/// p50, p99 and the slowest of `samples`, in milliseconds, and how many took over 100 ms.
 pub fn percentiles(mut samples: Vec<Duration>) -> Latency {
     samples.sort();
     let at = |q: f64| {
@@ -227,6 +231,8 @@ pub fn percentiles(mut samples: Vec<Duration>) -> Latency {
     Latency {
         p50_ms: at(0.50),
         p99_ms: at(0.99),
+        max_ms: samples.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        over_100ms: samples.iter().filter(|d| **d > Duration::from_millis(100)).count() as f64,
     }
 }
 

@@ -150,6 +150,7 @@ impl<S: Store> Engine<S> {
         self.forget_lease(lock_token);
         match outcome? {
             Guarded::Applied => {
+                self.forget_descriptor(&plan.instance);
                 self.signal_turn(&plan);
                 Ok(())
             }
@@ -233,10 +234,31 @@ impl<S: Store> Engine<S> {
         execution_id: Option<u64>,
     ) -> Result<Vec<Event>, ProviderError> {
         const OP: &str = "read";
+        if execution_id.is_none() {
+            let kept = self
+                .descriptors
+                .lock()
+                .ok()
+                .and_then(|mut d| d.take(instance, tokio::time::Instant::now()));
+            if let Some((execution_id, rows)) = kept {
+                // The history as the claim of one of its activities saw it
+                // (see `engine/prefetch.rs`).
+                return decode_history(instance, execution_id, &rows).map_err(|fault| self.fault_error(OP, &fault));
+            }
+        }
         let (execution_id, rows) = self
             .call(OP, || self.store.read_history(instance, execution_id))
             .await?;
+        self.forget_descriptor(instance);
         decode_history(instance, execution_id, &rows).map_err(|fault| self.fault_error(OP, &fault))
+    }
+
+    /// This process now knows newer history of `instance` than a claim's
+    /// copy: drop the copy.
+    fn forget_descriptor(&self, instance: &str) {
+        if let Ok(mut d) = self.descriptors.lock() {
+            d.forget(instance);
+        }
     }
 
     pub(crate) async fn append_events(
@@ -246,6 +268,7 @@ impl<S: Store> Engine<S> {
         events: Vec<Event>,
     ) -> Result<(), ProviderError> {
         const OP: &str = "append_with_execution";
+        self.forget_descriptor(instance);
         let rows = events
             .iter()
             .map(|e| {

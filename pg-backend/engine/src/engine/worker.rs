@@ -1,14 +1,16 @@
 //! The worker path (activities and sessions) and the runtime's read-side calls.
 
-use super::{refuse, Engine};
-use crate::store::{Guarded, QueueKind, SessionClaim, Store, WorkClaim};
+use super::{prefetch, refuse, Engine};
+use crate::retry::RetryPolicy;
+use crate::store::{ClaimedWork, Guarded, QueueKind, SessionClaim, Store, WorkClaim};
 use duropg_core::codec::{decode_history, decode_work_item};
+use duropg_core::fault::Classifier;
 use duropg_core::route::{duration_ms, worker_row};
 use duropg_core::work::{completion_row, tag_predicate, unreadable_work_failure, TagPredicate};
 use duroxide::providers::{ProviderError, SessionFetchConfig, TagFilter, WorkItem};
 use duroxide::{EventKind, SystemStats};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What a successful work fetch returns.
@@ -40,29 +42,36 @@ impl<S: Store> Engine<S> {
             lock_timeout_ms: duration_ms(s.lock_timeout),
         });
         let claim_key = format!("{tags:?}/{:?}", session.as_ref().map(|s| &s.owner_id));
+        let template = prefetch::Template {
+            key: claim_key.clone(),
+            tags,
+            session,
+            lock_timeout_ms,
+        };
         self.poll(QueueKind::Worker, &claim_key, poll_timeout, || {
-            self.claim_work(lock_timeout_ms, &tags, session.as_ref())
+            self.claim_work(&template)
         })
         .await
     }
 
     /// Claim activities until one is readable; an unreadable one is failed
-    /// (see `unreadable_work_failure`) and the next is claimed, bounded.
-    async fn claim_work(
-        &self,
-        lock_timeout_ms: u64,
-        tags: &TagPredicate,
-        session: Option<&SessionClaim>,
-    ) -> Result<Option<FetchedWork>, ProviderError> {
+    /// (see `unreadable_work_failure`) and the next is claimed, bounded. A
+    /// claim an ack made for this kind of fetch is taken first.
+    async fn claim_work(&self, fetch: &prefetch::Template) -> Result<Option<FetchedWork>, ProviderError> {
         const OP: &str = "fetch_work_item";
         for _ in 0..self.config.max_claims_per_fetch.max(1) {
+            if let Some(ready) = self.take_ready(&fetch.key) {
+                if let Some(handed) = self.hand_out(ready.token, ready.work, fetch).await? {
+                    return Ok(Some(handed));
+                }
+                continue;
+            }
             let claim = WorkClaim {
                 lock_token: self.tokens.lock_token(),
-                lock_timeout_ms,
-                tags: tags.clone(),
-                session: session.cloned(),
+                lock_timeout_ms: fetch.lock_timeout_ms,
+                tags: fetch.tags.clone(),
+                session: fetch.session.clone(),
             };
-            let claimed_at = tokio::time::Instant::now();
             let token = claim.lock_token.clone();
             let release_token = token.clone();
             let Some(work) = self
@@ -83,32 +92,143 @@ impl<S: Store> Engine<S> {
             else {
                 return Ok(None);
             };
-            self.remember_lease(&token, None, claimed_at, lock_timeout_ms);
-            let row = format!(
-                "id {} for activity {} of instance {:?}",
-                work.id, work.key.activity_id, work.key.instance
-            );
-            match decode_work_item("worker_queue", &row, &work.payload) {
-                Ok(item) => return Ok(Some((item, token, work.attempt_count))),
-                Err(fault) => {
-                    tracing::error!(%fault, "failing an activity whose worker_queue row cannot be read");
-                    let failure = unreadable_work_failure(&work.key, work.attempt_count, &fault);
-                    self.ack_work(&token, Some(failure)).await?;
-                }
+            if let Some(handed) = self.hand_out(token, work, fetch).await? {
+                return Ok(Some(handed));
             }
         }
         Ok(None)
     }
 
+    /// Hand a claimed activity to the runtime: remember its lease (from
+    /// now: a claim an ack made holds a longer one in the store), the fetch
+    /// it went to (for its ack's claim) and the history its claim read. An
+    /// unreadable one is failed instead (`None`).
+    async fn hand_out(
+        &self,
+        token: String,
+        work: ClaimedWork,
+        fetch: &prefetch::Template,
+    ) -> Result<Option<FetchedWork>, ProviderError> {
+        let now = tokio::time::Instant::now();
+        self.remember_lease(&token, None, now, fetch.lock_timeout_ms);
+        let row = format!(
+            "id {} for activity {} of instance {:?}",
+            work.id, work.key.activity_id, work.key.instance
+        );
+        match decode_work_item("worker_queue", &row, &work.payload) {
+            Ok(item) => {
+                if self.config.claim_with_ack {
+                    if let Ok(mut p) = self.prefetch.lock() {
+                        p.handed(&token, fetch.clone());
+                    }
+                }
+                if let (Some((execution_id, events)), Ok(mut d)) = (work.history, self.descriptors.lock()) {
+                    d.handed_out(&work.key.instance, execution_id, events, now);
+                }
+                Ok(Some((item, token, work.attempt_count)))
+            }
+            Err(fault) => {
+                tracing::error!(%fault, "failing an activity whose worker_queue row cannot be read");
+                let failure = unreadable_work_failure(&work.key, work.attempt_count, &fault);
+                self.ack_work(&token, Some(failure)).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A claim an ack made that a fetch of kind `key` may take; claims whose
+    /// hold ended are given back on the way.
+    fn take_ready(&self, key: &str) -> Option<prefetch::Ready> {
+        let (taken, expired) = self.prefetch.lock().ok()?.take(key, tokio::time::Instant::now());
+        for ready in expired {
+            self.give_back(ready.token);
+        }
+        taken
+    }
+
+    /// Give back a claim an ack made (unlock it, return its attempt) on a
+    /// task of its own; idempotent by its token, so it is safe whether or
+    /// not the claim committed.
+    fn give_back(&self, token: String) {
+        let (store, policy, classify) = (Arc::clone(&self.store), self.config.retry, self.classify);
+        (self.spawn)(Box::pin(give_back(store, policy, classify, token)));
+    }
+
+    /// Set aside a claim an ack made, and give it back if no fetch takes it
+    /// within its hold.
+    fn set_aside(&self, ready: prefetch::Ready) {
+        let token = ready.token.clone();
+        match self.prefetch.lock() {
+            Ok(mut p) => p.push(ready),
+            Err(_) => return self.give_back(token),
+        }
+        let (pending, store) = (Arc::clone(&self.prefetch), Arc::clone(&self.store));
+        let (policy, classify) = (self.config.retry, self.classify);
+        (self.spawn)(Box::pin(async move {
+            tokio::time::sleep(prefetch::HOLD).await;
+            if pending.lock().ok().and_then(|mut p| p.remove(&token)).is_some() {
+                tracing::debug!("no fetch took an activity claimed with an ack; giving it back");
+                give_back(store, policy, classify, token).await;
+            }
+        }));
+    }
+
+    /// The claim the ack of `lock_token` should make for its slot's next
+    /// fetch, if any: a copy of the fetch that handed the activity out.
+    fn claim_for_next(&self, lock_token: &str) -> Option<(WorkClaim, String)> {
+        if !self.config.claim_with_ack {
+            return None;
+        }
+        let template = self.prefetch.lock().ok()?.next_claim(lock_token)?;
+        let claim = WorkClaim {
+            lock_token: self.tokens.lock_token(),
+            // The runtime's lease starts when the claim is handed out, up to a hold later.
+            lock_timeout_ms: template
+                .lock_timeout_ms
+                .saturating_add(u64::try_from(prefetch::HOLD.as_millis()).unwrap_or(u64::MAX)),
+            tags: template.tags,
+            session: template.session,
+        };
+        Some((claim, template.key))
+    }
+
     pub(crate) async fn ack_work(&self, lock_token: &str, completion: Option<WorkItem>) -> Result<(), ProviderError> {
         const OP: &str = "ack_work_item";
         let row = completion_row(completion.as_ref(), self.config.limits).map_err(|e| refuse(OP, e))?;
+        let next = self.claim_for_next(lock_token);
+        let claimed: Mutex<Option<ClaimedWork>> = Mutex::new(None);
+        let claimed_at = tokio::time::Instant::now();
         let outcome = self
-            .write(OP, lock_token, || {
-                self.store.complete_work_item(lock_token, row.as_ref())
+            .write(OP, lock_token, || async {
+                match &next {
+                    None => self.store.complete_work_item(lock_token, row.as_ref()).await,
+                    Some((claim, _)) => {
+                        let (outcome, work) = self
+                            .store
+                            .complete_work_item_and_claim(lock_token, row.as_ref(), claim)
+                            .await?;
+                        if let Ok(mut slot) = claimed.lock() {
+                            *slot = work;
+                        }
+                        Ok(outcome)
+                    }
+                }
             })
             .await;
         self.forget_lease(lock_token);
+        if let Some((claim, key)) = next {
+            match (&outcome, claimed.into_inner().ok().flatten()) {
+                (Ok(_), Some(work)) => self.set_aside(prefetch::Ready {
+                    token: claim.lock_token,
+                    work,
+                    claimed_at,
+                    key,
+                }),
+                (Ok(_), None) => {}
+                // An attempt may have claimed before the outcome was lost.
+                (Err(_), _) => self.give_back(claim.lock_token),
+            }
+        }
         match outcome? {
             Guarded::Applied => {
                 if row.is_some() {
@@ -130,6 +250,9 @@ impl<S: Store> Engine<S> {
         ignore_attempt: bool,
     ) -> Result<(), ProviderError> {
         const OP: &str = "abandon_work_item";
+        if let Ok(mut p) = self.prefetch.lock() {
+            p.forget(lock_token);
+        }
         let delay_ms = delay.map(duration_ms).filter(|ms| *ms > 0);
         let outcome = self
             .write(OP, lock_token, || {
@@ -244,5 +367,22 @@ impl<S: Store> Engine<S> {
             kv_user_key_count: raw.kv_key_count,
             kv_total_value_bytes: raw.kv_value_bytes,
         }))
+    }
+}
+
+/// Unlock a claim an ack made and give back its attempt, under the retry
+/// policy, waking a fetcher for it.
+async fn give_back<S: Store>(store: Arc<S>, policy: RetryPolicy, classify: Classifier, token: String) {
+    let released = policy
+        .run_idempotent(classify, "ack_work_item", || {
+            store.abandon_work_item(&token, None, true)
+        })
+        .await;
+    match released {
+        Ok(Guarded::Applied) if !store.wakes_for_own_writes() => store.signals().wake(QueueKind::Worker, 1),
+        Ok(_) => {}
+        Err(fault) => {
+            tracing::warn!(%fault, "could not give back an activity claimed with an ack; it ends with its lease");
+        }
     }
 }

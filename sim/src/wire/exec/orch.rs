@@ -246,6 +246,7 @@ fn claim_instance(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> {
             Value::Text(instance),
             big(ex.now_ms),
             Value::Null,
+            Value::Null,
         ]]));
     }
     let cands = candidates(ex, p);
@@ -255,6 +256,7 @@ fn claim_instance(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> {
             .find(|i| ex.try_advisory_xact_lock(class, hashtext(i))),
         None => None,
     };
+    let raced = chosen.is_some();
     if let Some(instance) = chosen {
         let token = token.ok_or_else(|| not_null("instance_locks", "lock_token"))?;
         let until = until.ok_or_else(|| not_null("instance_locks", "locked_until_ms"))?;
@@ -274,6 +276,7 @@ fn claim_instance(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> {
                 Value::Text(instance),
                 big(ex.now_ms),
                 Value::Null,
+                Value::Null,
             ]]));
         }
     }
@@ -287,7 +290,13 @@ fn claim_instance(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> {
     let delay = next.map_or(Value::Null, |v| {
         Value::Int8(i64::try_from(v).unwrap_or(i64::MAX) - ex.now())
     });
-    Ok(Outcome::select(vec![vec![Value::Null, Value::Null, delay]]))
+    // `raced`: an instance was chosen but its live lock kept the upsert out.
+    Ok(Outcome::select(vec![vec![
+        Value::Null,
+        Value::Null,
+        delay,
+        Value::Bool(raced),
+    ]]))
 }
 
 /// `tag_messages`: tag the visible messages of the instance lock `$1`

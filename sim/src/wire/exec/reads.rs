@@ -12,6 +12,7 @@ pub fn model(name: &str) -> Option<Model> {
     let m: Model = match name {
         "latest_histories" => latest_histories,
         "execution_history" => execution_history,
+        "claimed_history" => claimed_history,
         "custom_statuses" => custom_statuses,
         "kv_value" => kv_value,
         "kv_all" => kv_all,
@@ -81,6 +82,40 @@ fn latest_histories(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> 
             ]
         })
         .collect();
+    Ok(Outcome::select(rows))
+}
+
+/// `claimed_history`: the latest execution's events of the instance whose
+/// activity lock token `$1` holds, by event id, as `(execution_id,
+/// event_id, event_data)`; no rows when there are none or their total size
+/// is above `$2` bytes.
+fn claimed_history(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> {
+    let db = &*ex.db;
+    let token = p.text(1);
+    let instance = db
+        .worker_queue
+        .values()
+        .find(|w| token.is_some() && w.lock_token == token)
+        .map(|w| w.key.instance.clone());
+    // A NULL cap compares as unknown: no rows, as in SQL.
+    let (Some(cap), Some((instance, execution))) = (
+        p.int8(2),
+        instance.and_then(|i| latest_execution(db, &i).map(|e| (i, e))),
+    ) else {
+        return Ok(Outcome::select(Vec::new()));
+    };
+    let events = db.history.get(&(instance, execution));
+    let size: usize = events.map_or(0, |ev| ev.values().map(|h| h.data.len()).sum());
+    if i64::try_from(size).unwrap_or(i64::MAX) > cap {
+        return Ok(Outcome::select(Vec::new()));
+    }
+    let rows = events
+        .map(|ev| {
+            ev.iter()
+                .map(|(id, h)| vec![big(execution), big(*id), Value::Text(h.data.clone())])
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Outcome::select(rows))
 }
 
