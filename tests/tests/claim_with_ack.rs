@@ -167,3 +167,32 @@ async fn claim_with_ack_off_claims_nothing_with_an_ack() {
     assert_eq!(activity_id(&item), 2);
     p2.ack_work_item(&token, None).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_dropped_provider_gives_back_what_its_acks_claimed() {
+    let schema = TestSchema::new("cwa_drop");
+    let (p1, p2) = (schema.provider().await, schema.provider().await);
+    for id in 1..=2 {
+        p1.enqueue_for_worker(activity("cwa-drop", id)).await.unwrap();
+    }
+    let (_, token, _) = fetch(&p1).await.expect("the first activity");
+    p1.ack_work_item(&token, None).await.unwrap();
+    assert!(fetch(&p2).await.is_none(), "held for p1's next fetch");
+    // The runtime shut down and its provider goes away.
+    let dropped = Instant::now();
+    drop(p1);
+    let (item, token, attempts) = loop {
+        if let Some(found) = fetch(&p2).await {
+            break found;
+        }
+        assert!(dropped.elapsed() < Duration::from_secs(10), "the claim never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "claim given back {:?} after the provider was dropped",
+        dropped.elapsed()
+    );
+    assert_eq!((activity_id(&item), attempts), (2, 1));
+    p2.ack_work_item(&token, None).await.unwrap();
+    assert_eq!(queued(&schema).await, 0);
+}

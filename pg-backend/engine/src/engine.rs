@@ -21,6 +21,7 @@
 //! ack that did commit reports success and an ack that did not is rerun —
 //! never applied twice, because every write re-checks its lock.
 
+mod held;
 mod orchestration;
 mod prefetch;
 mod provider;
@@ -147,7 +148,7 @@ pub struct Engine<S: Store> {
     leases: Mutex<HashMap<String, Lease>>,
     empty: Mutex<HashMap<String, EmptyMark>>,
     stats: FetchStats,
-    prefetch: Arc<Mutex<prefetch::Prefetch>>,
+    prefetch: Arc<Mutex<prefetch::Prefetch<crate::store::ClaimedWork, prefetch::Template>>>,
     descriptors: Mutex<prefetch::Descriptors>,
 }
 
@@ -253,6 +254,30 @@ impl<S: Open> Engine<S> {
     /// Whatever opening the store reports.
     pub async fn connect(url: &str) -> Result<Self, S::Error> {
         S::connect(url).await
+    }
+}
+
+/// A provider dropped with claims made by acks still waiting (its runtime
+/// shut down right after its last acks) gives them back, so they are not
+/// left locked until their leases end — best effort: the give-backs run on
+/// the current tokio runtime, if there is one and it lives long enough.
+impl<S: Store> Drop for Engine<S> {
+    fn drop(&mut self) {
+        let work: Vec<String> = self
+            .prefetch
+            .lock()
+            .map(|mut p| p.drain().into_iter().map(|r| r.token).collect())
+            .unwrap_or_default();
+        if work.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        tracing::debug!(
+            activities = work.len(),
+            "provider dropped: giving back claims made by acks"
+        );
+        for token in work {
+            self.give_back_later(QueueKind::Worker, token);
+        }
     }
 }
 

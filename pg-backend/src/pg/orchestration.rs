@@ -38,6 +38,15 @@ fn event_rows(rows: &[Row], table: &str, instance: &str) -> Result<Vec<StoredEve
 /// How many times one claim runs when each attempt loses a race.
 const MAX_RACED_CLAIMS: u32 = 4;
 
+/// What an orchestration claim came to.
+pub(super) enum Claimed {
+    /// It locked an instance.
+    Instance(Box<ClaimedInstance>),
+    /// It locked nothing: it lost a race, or nothing was claimable (`due`:
+    /// ms until the next message becomes visible).
+    Nothing { raced: bool, due: Option<i64> },
+}
+
 impl PgStore {
     /// `sql` — `enqueue_orchestrator` or `complete_work`, which share
     /// parameters $1 to $7 — with the message `row` (none: no message) and
@@ -62,58 +71,81 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn claim(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault> {
+    /// `claim_instance` for `claim` and the four reads that follow it in
+    /// its transaction.
+    pub(super) fn instance_claim_stmts<'a>(&'a self, claim: &'a InstanceClaim) -> [Stmt<'a>; 5] {
         let (any, min, max) = match claim.window {
             VersionWindow::Range { min, max } => (false, min, max),
             VersionWindow::Any | VersionWindow::Nothing => (true, (0, 0, 0), (0, 0, 0)),
         };
         let token = claim.lock_token.as_str();
+        [
+            Stmt::new(&self.sql.claim_instance)
+                .bind(any)
+                .bind(int(min.0))
+                .bind(int(min.1))
+                .bind(int(min.2))
+                .bind(int(max.0))
+                .bind(int(max.1))
+                .bind(int(max.2))
+                .bind(self.claim_lock_class)
+                .bind(token)
+                .bind(int(claim.lock_timeout_ms)),
+            // The rest find the instance through the lock just taken (or
+            // nothing, when none was), so all go in the same round trip.
+            Stmt::new(&self.sql.tag_messages).bind(token),
+            Stmt::new(&self.sql.instance_row).bind(token),
+            Stmt::new(&self.sql.locked_history).bind(token),
+            Stmt::new(&self.sql.kv_snapshot).bind(token),
+        ]
+    }
+
+    /// What `claim_stmts` returned (`results`: their five results).
+    pub(super) fn instance_claimed(&self, token: &str, results: &[Vec<Row>]) -> Result<Claimed, StoreFault> {
+        let key = || "claimed instance".to_string();
+        let Some(first) = results[0].first() else {
+            return Err(StoreFault::Client {
+                detail: "claim_instance returned no row".into(),
+            });
+        };
+        let Some(instance) = col::<Option<String>>(first, 0, "instance_locks", &key)? else {
+            let raced = col::<Option<bool>>(first, 3, "instance_locks", &key)?.unwrap_or(false);
+            let due = col::<Option<i64>>(first, 2, "orchestrator_queue", &|| "next visible".into())?;
+            return Ok(Claimed::Nothing { raced, due });
+        };
+        self.settle_wake(&instance);
+        let now_ms = uint(col(first, 1, "instance_locks", &key)?);
+        Ok(Claimed::Instance(Box::new(claimed_batch(
+            &instance,
+            token,
+            now_ms,
+            &results[1..5],
+        )?)))
+    }
+
+    pub(super) async fn claim(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault> {
         // A claim that lost a race (see `claim_instance`'s last column) is
         // run again at once, with a fresh snapshot: its "nothing" is not
         // an empty queue, and reporting it as one would let idle fetchers
         // skip the work it did not see until their next re-check.
         for attempt in 1.. {
-            let stmts = vec![
-                Stmt::new(&self.sql.claim_instance)
-                    .bind(any)
-                    .bind(int(min.0))
-                    .bind(int(min.1))
-                    .bind(int(min.2))
-                    .bind(int(max.0))
-                    .bind(int(max.1))
-                    .bind(int(max.2))
-                    .bind(self.claim_lock_class)
-                    .bind(token)
-                    .bind(int(claim.lock_timeout_ms)),
-                // The rest find the instance through the lock just taken (or
-                // nothing, when none was), so all go in the same round trip.
-                Stmt::new(&self.sql.tag_messages).bind(token),
-                Stmt::new(&self.sql.instance_row).bind(token),
-                Stmt::new(&self.sql.locked_history).bind(token),
-                Stmt::new(&self.sql.kv_snapshot).bind(token),
-            ];
+            // A claim lost in a server crash costs only its turn: the
+            // turn's ack then finds no lock and writes nothing.
+            let mut stmts = vec![Stmt::new(&self.sql.relaxed_commit)];
+            stmts.extend(self.instance_claim_stmts(claim));
             let mut conn = self.conn().await?;
             let results = self.transact(&mut conn, stmts).await?;
-            let key = || "claimed instance".to_string();
-            let Some(first) = results[0].first() else {
-                return Err(StoreFault::Client {
-                    detail: "claim_instance returned no row".into(),
-                });
-            };
-            let Some(instance) = col::<Option<String>>(first, 0, "instance_locks", &key)? else {
-                let raced = col::<Option<bool>>(first, 3, "instance_locks", &key)?.unwrap_or(false);
-                if raced && attempt < MAX_RACED_CLAIMS {
+            match self.instance_claimed(&claim.lock_token, &results[1..])? {
+                Claimed::Instance(batch) => return Ok(Some(*batch)),
+                Claimed::Nothing { raced: true, .. } if attempt < MAX_RACED_CLAIMS => {
                     tracing::debug!(attempt, "orchestration claim lost a race; claiming again");
-                    continue;
                 }
-                let due = col::<Option<i64>>(first, 2, "orchestrator_queue", &|| "next visible".into())?;
-                // Still racing: say work may be visible now, so the fetch looks again soon.
-                self.set_hint(QueueKind::Orchestrator, if raced { Some(0) } else { due });
-                return Ok(None);
-            };
-            self.settle_wake(&instance);
-            let now_ms = uint(col(first, 1, "instance_locks", &key)?);
-            return Ok(Some(claimed_batch(&instance, token, now_ms, &results[1..5])?));
+                Claimed::Nothing { raced, due } => {
+                    // Still racing: say work may be visible now, so the fetch looks again soon.
+                    self.set_hint(QueueKind::Orchestrator, if raced { Some(0) } else { due });
+                    return Ok(None);
+                }
+            }
         }
         unreachable!("the loop returns")
     }

@@ -76,6 +76,11 @@ statements! {
     commit = "COMMIT";
     /// Roll it back.
     rollback = "ROLLBACK";
+    /// Let this transaction's COMMIT return without waiting for its WAL
+    /// flush. Only for a transaction whose loss in a server crash costs
+    /// nothing but redone work: an orchestration claim (see
+    /// docs/semantics.md, "Locks and leases").
+    relaxed_commit = "SELECT pg_catalog.set_config('synchronous_commit', 'off', true)";
     /// The id of the current transaction (assigning one).
     txid = "SELECT pg_catalog.txid_current()";
     /// What became of a transaction.

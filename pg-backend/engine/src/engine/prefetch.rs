@@ -21,7 +21,9 @@
 //!   committed, a read it made of the database) drops it, so a read never
 //!   answers older history than this process has already seen.
 
-use crate::store::{ClaimedWork, SessionClaim};
+#[cfg(test)]
+use crate::store::ClaimedWork;
+use crate::store::SessionClaim;
 use duropg_core::codec::StoredEvent;
 use duropg_core::work::TagPredicate;
 use std::collections::{HashMap, VecDeque};
@@ -39,23 +41,28 @@ pub const MAX_READY: usize = 16;
 
 /// A claim made by an ack, waiting for a fetch.
 #[derive(Debug, Clone)]
-pub struct Ready {
+pub struct Ready<W> {
     /// Its lock token.
     pub token: String,
     /// What it claimed.
-    pub work: ClaimedWork,
+    pub work: W,
     /// When the claim was sent (its store lease started no earlier).
     pub claimed_at: Instant,
     /// The kind of fetch it was claimed for ([`Template::key`]).
     pub key: String,
+    /// Kinds that differ only in who fetches share a family
+    /// ([`Template::family`]); a fetch of another family gives it back.
+    pub family: String,
 }
 
 /// The fetch that handed out an activity: the ack of that activity claims
 /// the next one as that fetch would (its slot fetches so next).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
-    /// Which fetches may take the claim: same tags, same session owner.
+    /// Which fetches may take the claim: same tags, lease and session owner.
     pub key: String,
+    /// The same without the owner: tags and lease.
+    pub family: String,
     /// The fetch's tag filter.
     pub tags: TagPredicate,
     /// The fetch's session routing.
@@ -67,16 +74,25 @@ pub struct Template {
 /// At most this many hand-outs are remembered for their acks.
 const MAX_ORIGINS: usize = 16_384;
 
-/// Claims made by acks, and the fetches their activities came from.
-#[derive(Debug, Default)]
-pub struct Prefetch {
-    origins: HashMap<String, Template>,
-    ready: VecDeque<Ready>,
+/// Claims made by acks (of `W`), and the fetches (`T`) their items came from.
+#[derive(Debug)]
+pub struct Prefetch<W, T> {
+    origins: HashMap<String, T>,
+    ready: VecDeque<Ready<W>>,
 }
 
-impl Prefetch {
-    /// A fetch described by `template` handed out the activity of `token`.
-    pub fn handed(&mut self, token: &str, template: Template) {
+impl<W, T> Default for Prefetch<W, T> {
+    fn default() -> Self {
+        Self {
+            origins: HashMap::new(),
+            ready: VecDeque::new(),
+        }
+    }
+}
+
+impl<W, T> Prefetch<W, T> {
+    /// A fetch described by `template` handed out the item of `token`.
+    pub fn handed(&mut self, token: &str, template: T) {
         if self.origins.len() >= MAX_ORIGINS {
             self.origins.clear();
         }
@@ -85,7 +101,7 @@ impl Prefetch {
 
     /// The claim the ack of `token` should make, if any: the fetch that
     /// handed it out is known and fewer than [`MAX_READY`] claims wait.
-    pub fn next_claim(&mut self, token: &str) -> Option<Template> {
+    pub fn next_claim(&mut self, token: &str) -> Option<T> {
         let template = self.origins.remove(token)?;
         (self.ready.len() < MAX_READY).then_some(template)
     }
@@ -96,34 +112,45 @@ impl Prefetch {
     }
 
     /// Set a claim aside for the next fetch.
-    pub fn push(&mut self, ready: Ready) {
+    pub fn push(&mut self, ready: Ready<W>) {
         self.ready.push_back(ready);
     }
 
-    /// The oldest waiting claim a fetch of kind `key` may take, and every
-    /// claim whose hold ended (for the caller to give back).
-    pub fn take(&mut self, key: &str, now: Instant) -> (Option<Ready>, Vec<Ready>) {
-        let expired = self.expire(now);
+    /// The oldest waiting claim a fetch of kind `key` (of `family`) may
+    /// take, and every claim to give back: those whose hold ended, and
+    /// those made for another family of fetch (the runtime changed how it
+    /// fetches, and a fetch of the new family must see what they hold).
+    pub fn take(&mut self, key: &str, family: &str, now: Instant) -> (Option<Ready<W>>, Vec<Ready<W>>) {
+        let mut given_back = self.expire(now);
+        let (kept, others): (VecDeque<Ready<W>>, VecDeque<Ready<W>>) =
+            self.ready.drain(..).partition(|r| r.family == family);
+        self.ready = kept;
+        given_back.extend(others);
         let taken = self
             .ready
             .iter()
             .position(|r| r.key == key)
             .and_then(|i| self.ready.remove(i));
-        (taken, expired)
+        (taken, given_back)
     }
 
     /// Remove and return the claim with `token` if it still waits.
-    pub fn remove(&mut self, token: &str) -> Option<Ready> {
+    pub fn remove(&mut self, token: &str) -> Option<Ready<W>> {
         let i = self.ready.iter().position(|r| r.token == token)?;
         self.ready.remove(i)
     }
 
     /// Remove and return every claim whose hold has ended at `now`.
-    pub fn expire(&mut self, now: Instant) -> Vec<Ready> {
-        let (kept, expired): (VecDeque<Ready>, VecDeque<Ready>) =
+    pub fn expire(&mut self, now: Instant) -> Vec<Ready<W>> {
+        let (kept, expired): (VecDeque<Ready<W>>, VecDeque<Ready<W>>) =
             self.ready.drain(..).partition(|r| now < r.claimed_at + HOLD);
         self.ready = kept;
         expired.into()
+    }
+
+    /// Remove and return every waiting claim.
+    pub fn drain(&mut self) -> Vec<Ready<W>> {
+        self.ready.drain(..).collect()
     }
 
     /// How many claims wait.
@@ -214,7 +241,11 @@ mod tests {
     use super::*;
     use duropg_core::route::ActivityKey;
 
-    fn ready(token: &str, key: &str, claimed_at: Instant) -> Ready {
+    fn ready(token: &str, key: &str, claimed_at: Instant) -> Ready<ClaimedWork> {
+        ready_in(token, key, "f", claimed_at)
+    }
+
+    fn ready_in(token: &str, key: &str, family: &str, claimed_at: Instant) -> Ready<ClaimedWork> {
         Ready {
             token: token.into(),
             work: ClaimedWork {
@@ -231,12 +262,14 @@ mod tests {
             },
             claimed_at,
             key: key.into(),
+            family: family.into(),
         }
     }
 
     fn template(key: &str) -> Template {
         Template {
             key: key.into(),
+            family: "f".into(),
             tags: TagPredicate::Rows {
                 untagged: true,
                 tags: vec![],
@@ -258,7 +291,7 @@ mod tests {
 
     #[test]
     fn an_ack_claims_only_for_an_activity_this_process_handed_out() {
-        let mut p = Prefetch::default();
+        let mut p = Prefetch::<ClaimedWork, Template>::default();
         assert!(p.next_claim("t").is_none(), "no fetch handed it out: nothing to copy");
         p.handed("t", template("plain"));
         assert_eq!(p.next_claim("t").map(|t| t.lock_timeout_ms), Some(30_000));
@@ -279,17 +312,33 @@ mod tests {
 
     #[test]
     fn a_fetch_takes_only_claims_made_for_its_kind_and_held_claims_expire() {
-        let mut p = Prefetch::default();
+        let mut p = Prefetch::<ClaimedWork, Template>::default();
         let t0 = Instant::now();
-        p.push(ready("a", "gpu", t0));
+        p.push(ready("a", "plain", t0));
         p.push(ready("b", "plain", t0));
-        let (taken, expired) = p.take("plain", t0);
-        assert_eq!(taken.map(|r| r.token), Some("b".into()));
+        let (taken, expired) = p.take("plain", "f", t0);
+        assert_eq!(taken.map(|r| r.token), Some("a".into()), "oldest first");
         assert!(expired.is_empty());
-        let (taken, expired) = p.take("gpu", t0 + HOLD);
+        let (taken, expired) = p.take("plain", "f", t0 + HOLD);
         assert!(taken.is_none(), "its hold ended: it is given back, not handed out");
-        assert_eq!(expired.iter().map(|r| r.token.as_str()).collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(expired.iter().map(|r| r.token.as_str()).collect::<Vec<_>>(), vec!["b"]);
         assert_eq!(p.waiting(), 0);
+    }
+
+    #[test]
+    fn a_fetch_of_another_family_gives_back_what_waits_for_the_old_one() {
+        let mut p = Prefetch::<ClaimedWork, Template>::default();
+        let t0 = Instant::now();
+        p.push(ready_in("a", "gpu/owner1", "gpu", t0));
+        p.push(ready_in("b", "plain/owner1", "plain", t0));
+        // Another owner of the same family leaves owner1's claim waiting.
+        let (taken, given_back) = p.take("plain/owner2", "plain", t0);
+        assert!(taken.is_none());
+        assert_eq!(
+            given_back.iter().map(|r| r.token.as_str()).collect::<Vec<_>>(),
+            vec!["a"]
+        );
+        assert_eq!(p.waiting(), 1, "a fetch of the new family must see the gpu item");
     }
 
     #[test]

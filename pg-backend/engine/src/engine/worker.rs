@@ -1,10 +1,8 @@
 //! The worker path (activities and sessions) and the runtime's read-side calls.
 
 use super::{prefetch, refuse, Engine};
-use crate::retry::RetryPolicy;
 use crate::store::{ClaimedWork, Guarded, QueueKind, SessionClaim, Store, WorkClaim};
 use duropg_core::codec::{decode_history, decode_work_item};
-use duropg_core::fault::Classifier;
 use duropg_core::route::{duration_ms, worker_row};
 use duropg_core::work::{completion_row, tag_predicate, unreadable_work_failure, TagPredicate};
 use duroxide::providers::{ProviderError, SessionFetchConfig, TagFilter, WorkItem};
@@ -43,7 +41,8 @@ impl<S: Store> Engine<S> {
         });
         let claim_key = format!("{tags:?}/{:?}", session.as_ref().map(|s| &s.owner_id));
         let template = prefetch::Template {
-            key: claim_key.clone(),
+            key: format!("{claim_key}/{lock_timeout_ms}"),
+            family: format!("{tags:?}/{lock_timeout_ms}"),
             tags,
             session,
             lock_timeout_ms,
@@ -60,7 +59,10 @@ impl<S: Store> Engine<S> {
     async fn claim_work(&self, fetch: &prefetch::Template) -> Result<Option<FetchedWork>, ProviderError> {
         const OP: &str = "fetch_work_item";
         for _ in 0..self.config.max_claims_per_fetch.max(1) {
-            if let Some(ready) = self.take_ready(&fetch.key) {
+            if let Some(ready) = self
+                .take_held(&self.prefetch, QueueKind::Worker, &fetch.key, &fetch.family)
+                .await
+            {
                 if let Some(handed) = self.hand_out(ready.token, ready.work, fetch).await? {
                     return Ok(Some(handed));
                 }
@@ -136,46 +138,9 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// A claim an ack made that a fetch of kind `key` may take; claims whose
-    /// hold ended are given back on the way.
-    fn take_ready(&self, key: &str) -> Option<prefetch::Ready> {
-        let (taken, expired) = self.prefetch.lock().ok()?.take(key, tokio::time::Instant::now());
-        for ready in expired {
-            self.give_back(ready.token);
-        }
-        taken
-    }
-
-    /// Give back a claim an ack made (unlock it, return its attempt) on a
-    /// task of its own; idempotent by its token, so it is safe whether or
-    /// not the claim committed.
-    fn give_back(&self, token: String) {
-        let (store, policy, classify) = (Arc::clone(&self.store), self.config.retry, self.classify);
-        (self.spawn)(Box::pin(give_back(store, policy, classify, token)));
-    }
-
-    /// Set aside a claim an ack made, and give it back if no fetch takes it
-    /// within its hold.
-    fn set_aside(&self, ready: prefetch::Ready) {
-        let token = ready.token.clone();
-        match self.prefetch.lock() {
-            Ok(mut p) => p.push(ready),
-            Err(_) => return self.give_back(token),
-        }
-        let (pending, store) = (Arc::clone(&self.prefetch), Arc::clone(&self.store));
-        let (policy, classify) = (self.config.retry, self.classify);
-        (self.spawn)(Box::pin(async move {
-            tokio::time::sleep(prefetch::HOLD).await;
-            if pending.lock().ok().and_then(|mut p| p.remove(&token)).is_some() {
-                tracing::debug!("no fetch took an activity claimed with an ack; giving it back");
-                give_back(store, policy, classify, token).await;
-            }
-        }));
-    }
-
     /// The claim the ack of `lock_token` should make for its slot's next
     /// fetch, if any: a copy of the fetch that handed the activity out.
-    fn claim_for_next(&self, lock_token: &str) -> Option<(WorkClaim, String)> {
+    fn claim_for_next(&self, lock_token: &str) -> Option<(WorkClaim, prefetch::Template)> {
         if !self.config.claim_with_ack {
             return None;
         }
@@ -186,10 +151,10 @@ impl<S: Store> Engine<S> {
             lock_timeout_ms: template
                 .lock_timeout_ms
                 .saturating_add(u64::try_from(prefetch::HOLD.as_millis()).unwrap_or(u64::MAX)),
-            tags: template.tags,
-            session: template.session,
+            tags: template.tags.clone(),
+            session: template.session.clone(),
         };
-        Some((claim, template.key))
+        Some((claim, template))
     }
 
     pub(crate) async fn ack_work(&self, lock_token: &str, completion: Option<WorkItem>) -> Result<(), ProviderError> {
@@ -216,17 +181,22 @@ impl<S: Store> Engine<S> {
             })
             .await;
         self.forget_lease(lock_token);
-        if let Some((claim, key)) = next {
+        if let Some((claim, template)) = next {
             match (&outcome, claimed.into_inner().ok().flatten()) {
-                (Ok(_), Some(work)) => self.set_aside(prefetch::Ready {
-                    token: claim.lock_token,
-                    work,
-                    claimed_at,
-                    key,
-                }),
+                (Ok(_), Some(work)) => self.hold(
+                    &self.prefetch,
+                    QueueKind::Worker,
+                    prefetch::Ready {
+                        token: claim.lock_token,
+                        work,
+                        claimed_at,
+                        key: template.key,
+                        family: template.family,
+                    },
+                ),
                 (Ok(_), None) => {}
                 // An attempt may have claimed before the outcome was lost.
-                (Err(_), _) => self.give_back(claim.lock_token),
+                (Err(_), _) => self.give_back_later(QueueKind::Worker, claim.lock_token),
             }
         }
         match outcome? {
@@ -367,22 +337,5 @@ impl<S: Store> Engine<S> {
             kv_user_key_count: raw.kv_key_count,
             kv_total_value_bytes: raw.kv_value_bytes,
         }))
-    }
-}
-
-/// Unlock a claim an ack made and give back its attempt, under the retry
-/// policy, waking a fetcher for it.
-async fn give_back<S: Store>(store: Arc<S>, policy: RetryPolicy, classify: Classifier, token: String) {
-    let released = policy
-        .run_idempotent(classify, "ack_work_item", || {
-            store.abandon_work_item(&token, None, true)
-        })
-        .await;
-    match released {
-        Ok(Guarded::Applied) if !store.wakes_for_own_writes() => store.signals().wake(QueueKind::Worker, 1),
-        Ok(_) => {}
-        Err(fault) => {
-            tracing::warn!(%fault, "could not give back an activity claimed with an ack; it ends with its lease");
-        }
     }
 }

@@ -11,6 +11,7 @@ pub fn model(name: &str) -> Option<Model> {
         "enqueue_orchestrator" => enqueue_orchestrator,
         "turn_notify" => turn_notify,
         "enqueue_orchestrator_many" => enqueue_orchestrator_many,
+        "relaxed_commit" => relaxed_commit,
         "claim_instance" => claim_instance,
         "tag_messages" => tag_messages,
         "instance_row" => instance_row,
@@ -228,6 +229,13 @@ fn candidates(ex: &Exec<'_>, p: &Params) -> Vec<String> {
     }
     out.truncate(16);
     out
+}
+
+/// `relaxed_commit`: `set_config` returns the new value. The model has no
+/// WAL: a commit is durable when it returns, which is one of the outcomes a
+/// relaxed commit can have (the simulated restart keeps the store).
+fn relaxed_commit(_: &mut Exec<'_>, _: &Params) -> Result<Outcome, SqlError> {
+    Ok(Outcome::select(vec![vec![Value::text(Some("off"))]]))
 }
 
 /// `claim_instance`: restart the lease of token `$9` if it exists (`mine`);
