@@ -698,8 +698,16 @@ async fn claimed_history_agrees_with_postgres() {
             .expect("claim");
     }
     for token in [t("h1"), t("h2"), t("h3"), t("nobody"), N] {
-        for cap in [i(65_536), i(4), i(0), N] {
-            both.step("claimed_history", vec![token.clone(), cap])
+        for (cap, most) in [
+            (i(65_536), Value::Int4(256)),
+            (i(4), Value::Int4(256)),
+            (i(0), Value::Int4(256)),
+            (i(65_536), Value::Int4(1)),
+            (i(65_536), Value::Int4(0)),
+            (N, Value::Int4(256)),
+            (i(65_536), N),
+        ] {
+            both.step("claimed_history", vec![token.clone(), cap, most])
                 .await
                 .expect("claimed history");
         }

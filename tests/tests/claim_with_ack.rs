@@ -196,3 +196,73 @@ async fn a_dropped_provider_gives_back_what_its_acks_claimed() {
     p2.ack_work_item(&token, None).await.unwrap();
     assert_eq!(queued(&schema).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_claims_its_activity_for_a_fetcher_that_waits() {
+    let schema = TestSchema::new("cwa_turn");
+    let p = std::sync::Arc::new(schema.provider().await);
+    let instance = "cwa-turn";
+    p.enqueue_for_orchestrator(duropg_tests::start_item(instance, "{}", None), None)
+        .await
+        .unwrap();
+    let (_, turn, _) = p
+        .fetch_orchestration_item(LEASE, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("the start");
+    // An activity fetcher waits (long poll) before the turn enqueues its activity.
+    let waiter = {
+        let p = std::sync::Arc::clone(&p);
+        tokio::spawn(async move {
+            p.fetch_work_item(LEASE, Duration::from_secs(10), None, &TagFilter::default())
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metadata = duroxide::providers::ExecutionMetadata {
+        orchestration_name: Some("O".into()),
+        orchestration_version: Some("1.0.0".into()),
+        ..Default::default()
+    };
+    p.ack_orchestration_item(
+        &turn,
+        1,
+        vec![started_event(instance)],
+        vec![activity(instance, 1)],
+        vec![],
+        metadata,
+        vec![],
+    )
+    .await
+    .unwrap();
+    let (item, token, attempts) = waiter
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the waiting fetcher gets the activity");
+    assert_eq!((activity_id(&item), attempts), (1, 1));
+    // The turn's claim holds the fetch's lease plus the one-second hold; a
+    // claim the fetcher had made itself would hold only the lease.
+    let admin = duropg_tests::admin().await;
+    let left: i64 = admin
+        .query_one(
+            &format!(
+                "SELECT locked_until_ms - (extract(epoch from clock_timestamp()) * 1000)::bigint
+                 FROM \"{}\".worker_queue",
+                schema.name()
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    println!("lease left on the activity the turn claimed: {left} ms");
+    assert!(
+        left > LEASE.as_millis() as i64 + 500,
+        "claimed in the turn's transaction (lease + hold), not by the fetcher: {left} ms left"
+    );
+    // Its descriptor read is the turn's history, without a round trip.
+    assert_eq!(p.read(instance).await.unwrap().len(), 1);
+    p.ack_work_item(&token, None).await.unwrap();
+    assert_eq!(queued(&schema).await, 0);
+}

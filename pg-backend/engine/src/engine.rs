@@ -149,6 +149,10 @@ pub struct Engine<S: Store> {
     empty: Mutex<HashMap<String, EmptyMark>>,
     stats: FetchStats,
     prefetch: Arc<Mutex<prefetch::Prefetch<crate::store::ClaimedWork, prefetch::Template>>>,
+    /// The latest activity fetch (tags and lease), for claims a turn makes.
+    last_work_fetch: Mutex<Option<prefetch::Template>>,
+    /// Fetchers waiting for work, per queue.
+    waiting: [std::sync::atomic::AtomicUsize; 2],
     descriptors: Mutex<prefetch::Descriptors>,
 }
 
@@ -304,6 +308,8 @@ impl<S: Store> Engine<S> {
             empty: Mutex::new(HashMap::new()),
             stats: FetchStats::default(),
             prefetch: Arc::new(Mutex::new(prefetch::Prefetch::default())),
+            last_work_fetch: Mutex::new(None),
+            waiting: Default::default(),
             descriptors: Mutex::new(prefetch::Descriptors::default()),
         }
     }
@@ -758,6 +764,9 @@ impl<S: Store> Engine<S> {
             if let Some(due_ms) = self.store.next_visible_in_ms(queue) {
                 wait = wait.min(Duration::from_millis(due_ms.max(1)));
             }
+            // Counted while it waits, so a write that makes work visible can
+            // claim some for the fetchers waiting for it (see `held.rs`).
+            let _waiting = Waiting::new(&self.waiting[q]);
             // `biased`: no random branch choice, so runs are reproducible.
             tokio::select! {
                 biased;
@@ -765,6 +774,23 @@ impl<S: Store> Engine<S> {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+/// One fetcher waiting for work, counted for as long as it waits (also
+/// when its fetch is dropped mid-wait).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -247,6 +247,21 @@ pub trait Store: Send + Sync + 'static {
     /// claimed. A retried claim therefore never holds two leases.
     async fn claim_instance(&self, claim: &InstanceClaim) -> Result<Option<ClaimedInstance>, StoreFault>;
 
+    /// [`Store::apply_turn`] and, in the same transaction after the turn's
+    /// writes, one [`Store::claim_work_item`] per claim (for fetchers
+    /// waiting for the activities the turn enqueues); each claim's result
+    /// in order (`None`: it found nothing). Made only when the turn's guard
+    /// held: a turn that did not apply rolls back whole. The default
+    /// applies the turn alone and claims nothing.
+    async fn apply_turn_and_claim_work(
+        &self,
+        plan: &TurnPlan,
+        claims: &[WorkClaim],
+    ) -> Result<(Guarded, Vec<Option<ClaimedWork>>), StoreFault> {
+        let _ = claims;
+        Ok((self.apply_turn(plan).await?, Vec::new()))
+    }
+
     /// Give back a claimed instance without a turn (see [`ReleaseKind`]).
     ///
     /// Idempotent by the token: the release applies only while the token

@@ -685,6 +685,14 @@ impl Store for PgStore {
         self.apply(plan).await
     }
 
+    async fn apply_turn_and_claim_work(
+        &self,
+        plan: &TurnPlan,
+        claims: &[WorkClaim],
+    ) -> Result<(Guarded, Vec<Option<ClaimedWork>>), StoreFault> {
+        self.apply_then_claim(plan, claims).await.map_err(raced_token)
+    }
+
     async fn abandon_instance(
         &self,
         lock_token: &str,

@@ -375,8 +375,9 @@ statements! {
     /// the instance whose activity lock token $1 holds, read in the claim's
     /// transaction so the runtime's descriptor read needs no round trip of
     /// its own: `(execution_id, event_id, event_data)` by event id, or no
-    /// rows when the events' total size is above $2 bytes (then the read
-    /// goes to the database as usual).
+    /// rows when there are more than $3 events or their total size is above
+    /// $2 bytes (then the read goes to the database as usual). The scan stops
+    /// after $3 + 1 events, so a long history costs a bounded index range.
     claimed_history = "WITH w AS (
             SELECT instance_id FROM {s}.worker_queue WHERE lock_token = $1
         ), latest AS (
@@ -388,9 +389,12 @@ statements! {
         ), events AS MATERIALIZED (
             SELECT latest.execution_id, h.event_id, h.event_data
             FROM latest JOIN {s}.history h ON h.instance_id = latest.instance_id AND h.execution_id = latest.execution_id
+            ORDER BY h.event_id
+            LIMIT $3::int + 1
         )
         SELECT execution_id, event_id, event_data FROM events
-        WHERE (SELECT COALESCE(sum(pg_catalog.octet_length(event_data)), 0) FROM events) <= $2::bigint
+        WHERE (SELECT count(*) FROM events) <= $3::int
+          AND (SELECT COALESCE(sum(pg_catalog.octet_length(event_data)), 0) FROM events) <= $2::bigint
         ORDER BY event_id";
 
     /// History of one execution.

@@ -8,10 +8,20 @@ use super::{guarded, PgStore, Stmt};
 use duropg_core::route::Visibility;
 use duropg_core::turn::{TurnOp, TurnPlan};
 use duropg_core::StoreFault;
-use duropg_engine::store::{Guarded, QueueKind};
+use duropg_engine::store::{ClaimedWork, Guarded, QueueKind, WorkClaim};
 
 impl PgStore {
     pub(super) async fn apply(&self, plan: &TurnPlan) -> Result<Guarded, StoreFault> {
+        self.apply_then_claim(plan, &[]).await.map(|(outcome, _)| outcome)
+    }
+
+    /// A turn plan and, in its transaction, `claims` of activities (see
+    /// `Store::apply_turn_and_claim_work`).
+    pub(super) async fn apply_then_claim(
+        &self,
+        plan: &TurnPlan,
+        claims: &[WorkClaim],
+    ) -> Result<(Guarded, Vec<Option<ClaimedWork>>), StoreFault> {
         if plan.ops.first() != Some(&TurnOp::ReleaseLock) {
             return Err(StoreFault::Client {
                 detail: "turn plan does not start with its lock guard".into(),
@@ -33,6 +43,11 @@ impl PgStore {
         // Last, so the indices above stand; rolled back with the rest when
         // the guard fails.
         stmts.push(Stmt::new(&self.sql.settle_token).bind(plan.lock_token.as_str()));
+        let claims_at = stmts.len();
+        let claims: Vec<&WorkClaim> = claims.iter().filter(|c| self.claim_stmts(c).is_some()).collect();
+        for claim in &claims {
+            stmts.extend(self.claim_stmts(claim).into_iter().flatten());
+        }
         let mut conn = self.conn().await?;
         let outcomes = self.begin_each(&mut conn, stmts).await?;
         // The guard first: when it found no lock, nothing may be applied —
@@ -43,7 +58,7 @@ impl PgStore {
             .is_some_and(|g| g.as_ref().is_ok_and(|rows| guarded(rows) == Guarded::NotHeld))
         {
             self.rollback(&mut conn).await;
-            return Ok(Guarded::NotHeld);
+            return Ok((Guarded::NotHeld, Vec::new()));
         }
         let results = match outcomes.into_iter().collect::<Result<Vec<_>, _>>() {
             Ok(results) => results,
@@ -62,7 +77,23 @@ impl PgStore {
         if workers > 0 {
             self.wake_announced(QueueKind::Worker, &results[notify_at + 1]);
         }
-        Ok(Guarded::Applied)
+        let mut claimed = Vec::with_capacity(claims.len());
+        for (i, claim) in claims.iter().enumerate() {
+            let at = claims_at + 2 * i;
+            // Committed: a claim that cannot be read is given back here,
+            // never reported as a failed turn.
+            match self.claimed(&results[at], &results[at + 1]) {
+                Ok(work) => claimed.push(work),
+                Err(fault) => {
+                    tracing::warn!(%fault, "an activity claimed with a turn could not be read; giving it back");
+                    if let Err(fault) = self.abandon_work(&claim.lock_token, None, true).await {
+                        tracing::warn!(%fault, "could not give back an activity claimed with a turn; it ends with its lease");
+                    }
+                    claimed.push(None);
+                }
+            }
+        }
+        Ok((Guarded::Applied, claimed))
     }
 }
 

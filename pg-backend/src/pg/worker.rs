@@ -12,6 +12,10 @@ use duropg_engine::store::{ClaimedWork, Guarded, QueueKind, WorkClaim};
 /// runtime's descriptor read; a larger one is read when asked for.
 pub(crate) const CLAIMED_HISTORY_MAX_BYTES: i64 = 64 * 1024;
 
+/// The longest history (events) a claim carries along; the claim reads at
+/// most one more.
+pub(crate) const CLAIMED_HISTORY_MAX_EVENTS: i32 = 256;
+
 /// Parse `claimed_history` rows: `None` when there were none (no history,
 /// or too large to carry).
 fn claimed_history(rows: &[tokio_postgres::Row]) -> Result<Option<(u64, Vec<StoredEvent>)>, StoreFault> {
@@ -68,7 +72,7 @@ impl PgStore {
 
     /// The `claim_work` statement for `claim`, and the `claimed_history`
     /// statement that reads what it claimed in the same transaction.
-    fn claim_stmts<'a>(&'a self, claim: &'a WorkClaim) -> Option<[Stmt<'a>; 2]> {
+    pub(super) fn claim_stmts<'a>(&'a self, claim: &'a WorkClaim) -> Option<[Stmt<'a>; 2]> {
         let (any, untagged, tags) = match &claim.tags {
             TagPredicate::Nothing => return None,
             TagPredicate::Rows { untagged, tags, any } => (*any, *untagged, tags.clone()),
@@ -88,13 +92,14 @@ impl PgStore {
             .bind(int(session_ms));
         let history = Stmt::new(&self.sql.claimed_history)
             .bind(claim.lock_token.as_str())
-            .bind(CLAIMED_HISTORY_MAX_BYTES);
+            .bind(CLAIMED_HISTORY_MAX_BYTES)
+            .bind(CLAIMED_HISTORY_MAX_EVENTS);
         Some([claim_stmt, history])
     }
 
     /// What `claim_stmts` returned: the claimed activity with its history,
     /// or `None` (recording the hint for when the next one is due).
-    fn claimed(
+    pub(super) fn claimed(
         &self,
         claim_rows: &[tokio_postgres::Row],
         history_rows: &[tokio_postgres::Row],

@@ -257,6 +257,14 @@ impl<S: Store> Store for FaultyStore<S> {
     async fn apply_turn(&self, plan: &TurnPlan) -> Result<Guarded, StoreFault> {
         self.by_token(self.inner.apply_turn(plan)).await
     }
+
+    async fn apply_turn_and_claim_work(
+        &self,
+        plan: &TurnPlan,
+        claims: &[WorkClaim],
+    ) -> Result<(Guarded, Vec<Option<ClaimedWork>>), StoreFault> {
+        self.by_token(self.inner.apply_turn_and_claim_work(plan, claims)).await
+    }
     async fn abandon_instance(
         &self,
         lock_token: &str,

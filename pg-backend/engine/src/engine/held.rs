@@ -20,18 +20,41 @@ impl<S: Store> Engine<S> {
         key: &str,
         family: &str,
     ) -> Option<Ready<W>> {
-        let (taken, given_back) = pending.lock().ok()?.take(key, family, tokio::time::Instant::now());
-        for ready in given_back {
-            give_back(
-                Arc::clone(&self.store),
-                self.config.retry,
-                self.classify,
-                queue,
-                ready.token,
-            )
-            .await;
+        // Cancellation-safe: each give-back runs on a task of its own (a
+        // dropped fetch cannot cut it short), and the claim this fetch
+        // takes leaves the buffer only after the last await.
+        let stale = pending.lock().ok()?.stale(family, tokio::time::Instant::now());
+        let mut done = Vec::with_capacity(stale.len());
+        for ready in stale {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let (store, policy, classify) = (Arc::clone(&self.store), self.config.retry, self.classify);
+            (self.spawn)(Box::pin(async move {
+                give_back(store, policy, classify, queue, ready.token).await;
+                let _ = tx.send(());
+            }));
+            done.push(rx);
+        }
+        for rx in done {
+            let _ = rx.await;
+        }
+        let (taken, late) = pending.lock().ok()?.take(key, family, tokio::time::Instant::now());
+        for ready in late {
+            self.give_back_later(queue, ready.token);
         }
         taken
+    }
+
+    /// A guard for claims a write makes along: if the write's future is
+    /// dropped before its outcome is handled, they are given back.
+    pub(super) fn unsettled(&self, queue: QueueKind, tokens: Vec<String>) -> Unsettled<S> {
+        Unsettled {
+            store: Arc::clone(&self.store),
+            policy: self.config.retry,
+            classify: self.classify,
+            spawn: Arc::clone(&self.spawn),
+            queue,
+            tokens,
+        }
     }
 
     /// Give back a claim made by an ack (unlock it, return its attempt) on
@@ -43,8 +66,10 @@ impl<S: Store> Engine<S> {
     }
 
     /// Hold a claim made by an ack for the next fetch, and give it back if
-    /// no fetch takes it within [`HOLD`].
-    pub(super) fn hold<W, T>(&self, pending: &Arc<Mutex<Prefetch<W, T>>>, queue: QueueKind, ready: Ready<W>)
+    /// no fetch takes it within [`HOLD`]. `wake`: wake a waiting fetcher for
+    /// it (a claim made for fetchers that wait, which the write's own
+    /// wake-up may have sent to the database before the claim was held).
+    pub(super) fn hold<W, T>(&self, pending: &Arc<Mutex<Prefetch<W, T>>>, queue: QueueKind, ready: Ready<W>, wake: bool)
     where
         W: Send + 'static,
         T: Send + 'static,
@@ -53,6 +78,9 @@ impl<S: Store> Engine<S> {
         match pending.lock() {
             Ok(mut p) => p.push(ready),
             Err(_) => return self.give_back_later(queue, token),
+        }
+        if wake {
+            self.store.signals().wake(queue, 1);
         }
         let (pending, store) = (Arc::clone(pending), Arc::clone(&self.store));
         let (policy, classify) = (self.config.retry, self.classify);
@@ -88,6 +116,40 @@ async fn give_back<S: Store>(
         Ok(_) => {}
         Err(fault) => {
             tracing::warn!(%fault, ?queue, "could not give back a claim made by an ack; it ends with its lease");
+        }
+    }
+}
+
+/// Claims made along with a write whose future may be dropped mid-way
+/// (see [`Engine::unsettled`]).
+pub(super) struct Unsettled<S: Store> {
+    store: Arc<S>,
+    policy: RetryPolicy,
+    classify: Classifier,
+    spawn: super::Spawner,
+    queue: QueueKind,
+    tokens: Vec<String>,
+}
+
+impl<S: Store> Unsettled<S> {
+    /// The write returned: its caller handles the claims.
+    pub(super) fn settled(mut self) {
+        self.tokens.clear();
+    }
+}
+
+impl<S: Store> Drop for Unsettled<S> {
+    fn drop(&mut self) {
+        if self.tokens.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        tracing::debug!(
+            claims = self.tokens.len(),
+            "a write was dropped mid-way; giving back what it claimed"
+        );
+        for token in self.tokens.drain(..) {
+            let (store, policy, classify, queue) = (Arc::clone(&self.store), self.policy, self.classify, self.queue);
+            (self.spawn)(Box::pin(give_back(store, policy, classify, queue, token)));
         }
     }
 }

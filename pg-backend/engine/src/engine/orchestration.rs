@@ -1,7 +1,7 @@
 //! The orchestration path: enqueue, fetch, ack, abandon, renew, history.
 
-use super::{refuse, Engine};
-use crate::store::{Guarded, InstanceClaim, QueueKind, ReleaseKind, Store};
+use super::{prefetch, refuse, Engine};
+use crate::store::{ClaimedWork, Guarded, InstanceClaim, QueueKind, ReleaseKind, Store, WorkClaim};
 use duropg_core::codec::{decode_history, encode_event};
 use duropg_core::fetch::{decide, FetchDecision};
 use duropg_core::route::{check_payload, duration_ms, orchestrator_row, Visibility};
@@ -125,6 +125,9 @@ impl<S: Store> Engine<S> {
         cancelled_activities: Vec<ScheduledActivityIdentifier>,
     ) -> Result<(), ProviderError> {
         const OP: &str = "ack_orchestration_item";
+        // Activities for this process's waiting fetchers, claimed in the
+        // turn's own transaction.
+        let claims = self.work_claims_for_turn(worker_items.len());
         let input = AckInput {
             execution_id,
             history_delta,
@@ -146,8 +149,52 @@ impl<S: Store> Engine<S> {
             }
         }
         .map_err(|e| refuse(OP, e))?;
-        let outcome = self.write(OP, lock_token, || self.store.apply_turn(&plan)).await;
+        let claimed: std::sync::Mutex<Vec<Option<ClaimedWork>>> = std::sync::Mutex::new(Vec::new());
+        let unsettled = self.unsettled(
+            QueueKind::Worker,
+            claims.iter().map(|(c, _)| c.lock_token.clone()).collect(),
+        );
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let claimed_at = tokio::time::Instant::now();
+        let outcome = self
+            .write(OP, lock_token, || async {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if claims.is_empty() {
+                    return self.store.apply_turn(&plan).await;
+                }
+                let work_claims: Vec<WorkClaim> = claims.iter().map(|(c, _)| c.clone()).collect();
+                let (outcome, work) = self.store.apply_turn_and_claim_work(&plan, &work_claims).await?;
+                if let Ok(mut slot) = claimed.lock() {
+                    *slot = work;
+                }
+                Ok(outcome)
+            })
+            .await;
+        unsettled.settled();
         self.forget_lease(lock_token);
+        let claimed = claimed.into_inner().unwrap_or_default();
+        // A rerun of a turn that had committed rolls back whole (its guard
+        // finds the lock gone), so it cannot report what the committed
+        // attempt claimed: give those claims back by token.
+        let rerun = attempts.into_inner() > 1;
+        for (i, (claim, template)) in claims.into_iter().enumerate() {
+            match (&outcome, claimed.get(i).cloned().flatten()) {
+                (Ok(_), Some(work)) => {
+                    let ready = prefetch::Ready {
+                        token: claim.lock_token,
+                        shareable: true,
+                        work,
+                        claimed_at,
+                        key: String::new(),
+                        family: template.family,
+                    };
+                    self.hold(&self.prefetch, QueueKind::Worker, ready, true);
+                }
+                (Ok(_), None) if !rerun => {}
+                // An attempt may have claimed before the outcome was lost.
+                _ => self.give_back_later(QueueKind::Worker, claim.lock_token),
+            }
+        }
         match outcome? {
             Guarded::Applied => {
                 self.forget_descriptor(&plan.instance);

@@ -53,6 +53,9 @@ pub struct Ready<W> {
     /// Kinds that differ only in who fetches share a family
     /// ([`Template::family`]); a fetch of another family gives it back.
     pub family: String,
+    /// Whether any fetch of its family may take it (an activity without a
+    /// session goes to whoever fetches), not only one of its kind.
+    pub shareable: bool,
 }
 
 /// The fetch that handed out an activity: the ack of that activity claims
@@ -129,9 +132,21 @@ impl<W, T> Prefetch<W, T> {
         let taken = self
             .ready
             .iter()
-            .position(|r| r.key == key)
+            .position(|r| r.key == key || r.shareable)
             .and_then(|i| self.ready.remove(i));
         (taken, given_back)
+    }
+
+    /// Remove and return the claims a fetch of `family` must give back
+    /// before it claims: those whose hold ended and those made for another
+    /// family.
+    pub fn stale(&mut self, family: &str, now: Instant) -> Vec<Ready<W>> {
+        let mut stale = self.expire(now);
+        let (kept, others): (VecDeque<Ready<W>>, VecDeque<Ready<W>>) =
+            self.ready.drain(..).partition(|r| r.family == family);
+        self.ready = kept;
+        stale.extend(others);
+        stale
     }
 
     /// Remove and return the claim with `token` if it still waits.
@@ -151,6 +166,11 @@ impl<W, T> Prefetch<W, T> {
     /// Remove and return every waiting claim.
     pub fn drain(&mut self) -> Vec<Ready<W>> {
         self.ready.drain(..).collect()
+    }
+
+    /// How many claims wait.
+    pub fn held(&self) -> usize {
+        self.ready.len()
     }
 
     /// How many claims wait.
@@ -263,6 +283,7 @@ mod tests {
             claimed_at,
             key: key.into(),
             family: family.into(),
+            shareable: false,
         }
     }
 
@@ -339,6 +360,17 @@ mod tests {
             vec!["a"]
         );
         assert_eq!(p.waiting(), 1, "a fetch of the new family must see the gpu item");
+        // A shareable claim (no session) goes to any fetch of its family.
+        let mut shared = ready_in("c", "", "plain", t0);
+        shared.shareable = true;
+        p.push(shared);
+        let (taken, _) = p.take("plain/owner2", "plain", t0);
+        assert_eq!(
+            taken.map(|r| r.token),
+            Some("c".into()),
+            "owner1's own claim still waits"
+        );
+        assert_eq!(p.waiting(), 1);
     }
 
     #[test]

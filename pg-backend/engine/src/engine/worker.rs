@@ -47,6 +47,13 @@ impl<S: Store> Engine<S> {
             session,
             lock_timeout_ms,
         };
+        if self.config.claim_with_ack {
+            if let Ok(mut last) = self.last_work_fetch.lock() {
+                if last.as_ref() != Some(&template) {
+                    *last = Some(template.clone());
+                }
+            }
+        }
         self.poll(QueueKind::Worker, &claim_key, poll_timeout, || {
             self.claim_work(&template)
         })
@@ -138,6 +145,36 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// Claims of activities a turn that enqueues `enqueued` of them should
+    /// make in its own transaction: one per fetcher of this process waiting
+    /// for work right now and not yet served by a held claim (at most
+    /// `enqueued`, at most 8), copying the latest fetch's tags and lease;
+    /// without a session, so any of those fetchers may take them.
+    pub(super) fn work_claims_for_turn(&self, enqueued: usize) -> Vec<(WorkClaim, prefetch::Template)> {
+        if !self.config.claim_with_ack || enqueued == 0 {
+            return Vec::new();
+        }
+        let waiting = self.waiting[QueueKind::Worker as usize].load(std::sync::atomic::Ordering::SeqCst);
+        let held = self.prefetch.lock().map(|p| p.held()).unwrap_or(usize::MAX);
+        let n = enqueued.min(waiting.saturating_sub(held)).min(8);
+        let Some(template) = self.last_work_fetch.lock().ok().and_then(|t| t.clone()) else {
+            return Vec::new();
+        };
+        (0..n)
+            .map(|_| {
+                let claim = WorkClaim {
+                    lock_token: self.tokens.lock_token(),
+                    lock_timeout_ms: template
+                        .lock_timeout_ms
+                        .saturating_add(u64::try_from(prefetch::HOLD.as_millis()).unwrap_or(u64::MAX)),
+                    tags: template.tags.clone(),
+                    session: None,
+                };
+                (claim, template.clone())
+            })
+            .collect()
+    }
+
     /// The claim the ack of `lock_token` should make for its slot's next
     /// fetch, if any: a copy of the fetch that handed the activity out.
     fn claim_for_next(&self, lock_token: &str) -> Option<(WorkClaim, prefetch::Template)> {
@@ -163,6 +200,10 @@ impl<S: Store> Engine<S> {
         let next = self.claim_for_next(lock_token);
         let claimed: Mutex<Option<ClaimedWork>> = Mutex::new(None);
         let claimed_at = tokio::time::Instant::now();
+        let unsettled = self.unsettled(
+            QueueKind::Worker,
+            next.iter().map(|(c, _)| c.lock_token.clone()).collect(),
+        );
         let outcome = self
             .write(OP, lock_token, || async {
                 match &next {
@@ -180,6 +221,7 @@ impl<S: Store> Engine<S> {
                 }
             })
             .await;
+        unsettled.settled();
         self.forget_lease(lock_token);
         if let Some((claim, template)) = next {
             match (&outcome, claimed.into_inner().ok().flatten()) {
@@ -188,11 +230,13 @@ impl<S: Store> Engine<S> {
                     QueueKind::Worker,
                     prefetch::Ready {
                         token: claim.lock_token,
+                        shareable: work.session_id.is_none(),
                         work,
                         claimed_at,
                         key: template.key,
                         family: template.family,
                     },
+                    false,
                 ),
                 (Ok(_), None) => {}
                 // An attempt may have claimed before the outcome was lost.

@@ -87,8 +87,8 @@ fn latest_histories(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> 
 
 /// `claimed_history`: the latest execution's events of the instance whose
 /// activity lock token `$1` holds, by event id, as `(execution_id,
-/// event_id, event_data)`; no rows when there are none or their total size
-/// is above `$2` bytes.
+/// event_id, event_data)`; no rows when there are none, more than `$3`, or
+/// their total size is above `$2` bytes.
 fn claimed_history(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> {
     let db = &*ex.db;
     let token = p.text(1);
@@ -98,15 +98,19 @@ fn claimed_history(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> {
         .find(|w| token.is_some() && w.lock_token == token)
         .map(|w| w.key.instance.clone());
     // A NULL cap compares as unknown: no rows, as in SQL.
-    let (Some(cap), Some((instance, execution))) = (
+    let (Some(cap), Some(most), Some((instance, execution))) = (
         p.int8(2),
+        p.int8(3),
         instance.and_then(|i| latest_execution(db, &i).map(|e| (i, e))),
     ) else {
         return Ok(Outcome::select(Vec::new()));
     };
     let events = db.history.get(&(instance, execution));
-    let size: usize = events.map_or(0, |ev| ev.values().map(|h| h.data.len()).sum());
-    if i64::try_from(size).unwrap_or(i64::MAX) > cap {
+    // `LIMIT $3 + 1`: the size is summed over at most that many events.
+    let limit = usize::try_from(most.saturating_add(1)).unwrap_or(0);
+    let count = events.map_or(0, |ev| ev.len().min(limit));
+    let size: usize = events.map_or(0, |ev| ev.values().take(limit).map(|h| h.data.len()).sum());
+    if i64::try_from(count).unwrap_or(i64::MAX) > most || i64::try_from(size).unwrap_or(i64::MAX) > cap {
         return Ok(Outcome::select(Vec::new()));
     }
     let rows = events
