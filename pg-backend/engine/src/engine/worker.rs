@@ -161,18 +161,22 @@ impl<S: Store> Engine<S> {
             return Vec::new();
         };
         (0..n)
-            .map(|_| {
-                let claim = WorkClaim {
-                    lock_token: self.tokens.lock_token(),
-                    lock_timeout_ms: template
-                        .lock_timeout_ms
-                        .saturating_add(u64::try_from(prefetch::HOLD.as_millis()).unwrap_or(u64::MAX)),
-                    tags: template.tags.clone(),
-                    session: None,
-                };
-                (claim, template.clone())
-            })
+            .map(|_| (self.held_claim(&template, None), template.clone()))
             .collect()
+    }
+
+    /// A claim to hold for a fetch like `template`: a fresh token, the
+    /// fetch's tags, and its lease lengthened by the hold (the runtime's
+    /// lease starts when the claim is handed out, up to a hold later).
+    fn held_claim(&self, template: &prefetch::Template, session: Option<SessionClaim>) -> WorkClaim {
+        WorkClaim {
+            lock_token: self.tokens.lock_token(),
+            lock_timeout_ms: template
+                .lock_timeout_ms
+                .saturating_add(u64::try_from(prefetch::HOLD.as_millis()).unwrap_or(u64::MAX)),
+            tags: template.tags.clone(),
+            session,
+        }
     }
 
     /// The claim the ack of `lock_token` should make for its slot's next
@@ -182,15 +186,7 @@ impl<S: Store> Engine<S> {
             return None;
         }
         let template = self.prefetch.lock().ok()?.next_claim(lock_token)?;
-        let claim = WorkClaim {
-            lock_token: self.tokens.lock_token(),
-            // The runtime's lease starts when the claim is handed out, up to a hold later.
-            lock_timeout_ms: template
-                .lock_timeout_ms
-                .saturating_add(u64::try_from(prefetch::HOLD.as_millis()).unwrap_or(u64::MAX)),
-            tags: template.tags.clone(),
-            session: template.session.clone(),
-        };
+        let claim = self.held_claim(&template, template.session.clone());
         Some((claim, template))
     }
 
