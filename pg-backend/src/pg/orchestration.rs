@@ -39,7 +39,7 @@ fn event_rows(rows: &[Row], table: &str, instance: &str) -> Result<Vec<StoredEve
 const MAX_RACED_CLAIMS: u32 = 4;
 
 /// What an orchestration claim came to.
-pub(super) enum Claimed {
+enum Claimed {
     /// It locked an instance.
     Instance(Box<ClaimedInstance>),
     /// It locked nothing: it lost a race, or nothing was claimable (`due`:
@@ -73,7 +73,7 @@ impl PgStore {
 
     /// `claim_instance` for `claim` and the four reads that follow it in
     /// its transaction.
-    pub(super) fn instance_claim_stmts<'a>(&'a self, claim: &'a InstanceClaim) -> [Stmt<'a>; 5] {
+    fn instance_claim_stmts<'a>(&'a self, claim: &'a InstanceClaim) -> [Stmt<'a>; 5] {
         let (any, min, max) = match claim.window {
             VersionWindow::Range { min, max } => (false, min, max),
             VersionWindow::Any | VersionWindow::Nothing => (true, (0, 0, 0), (0, 0, 0)),
@@ -101,7 +101,7 @@ impl PgStore {
     }
 
     /// What `claim_stmts` returned (`results`: their five results).
-    pub(super) fn instance_claimed(&self, token: &str, results: &[Vec<Row>]) -> Result<Claimed, StoreFault> {
+    fn instance_claimed(&self, token: &str, results: &[Vec<Row>]) -> Result<Claimed, StoreFault> {
         let key = || "claimed instance".to_string();
         let Some(first) = results[0].first() else {
             return Err(StoreFault::Client {

@@ -44,9 +44,13 @@ impl PgStore {
         // the guard fails.
         stmts.push(Stmt::new(&self.sql.settle_token).bind(plan.lock_token.as_str()));
         let claims_at = stmts.len();
-        let claims: Vec<&WorkClaim> = claims.iter().filter(|c| self.claim_stmts(c).is_some()).collect();
-        for claim in &claims {
-            stmts.extend(self.claim_stmts(claim).into_iter().flatten());
+        // A claim that can claim nothing (no tag admitted) is not sent; its
+        // result is `None`, so results stay aligned with `claims`.
+        let mut sent = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let claim_stmts = self.claim_stmts(claim);
+            sent.push(claim_stmts.is_some());
+            stmts.extend(claim_stmts.into_iter().flatten());
         }
         let mut conn = self.conn().await?;
         let outcomes = self.begin_each(&mut conn, stmts).await?;
@@ -78,11 +82,17 @@ impl PgStore {
             self.wake_announced(QueueKind::Worker, &results[notify_at + 1]);
         }
         let mut claimed = Vec::with_capacity(claims.len());
-        for (i, claim) in claims.iter().enumerate() {
-            let at = claims_at + 2 * i;
+        let mut at = claims_at;
+        for (claim, sent) in claims.iter().zip(sent) {
+            if !sent {
+                claimed.push(None);
+                continue;
+            }
+            let (claim_rows, history_rows) = (&results[at], &results[at + 1]);
+            at += 2;
             // Committed: a claim that cannot be read is given back here,
             // never reported as a failed turn.
-            match self.claimed(&results[at], &results[at + 1]) {
+            match self.claimed(claim_rows, history_rows) {
                 Ok(work) => claimed.push(work),
                 Err(fault) => {
                     tracing::warn!(%fault, "an activity claimed with a turn could not be read; giving it back");

@@ -124,11 +124,7 @@ impl<W, T> Prefetch<W, T> {
     /// those made for another family of fetch (the runtime changed how it
     /// fetches, and a fetch of the new family must see what they hold).
     pub fn take(&mut self, key: &str, family: &str, now: Instant) -> (Option<Ready<W>>, Vec<Ready<W>>) {
-        let mut given_back = self.expire(now);
-        let (kept, others): (VecDeque<Ready<W>>, VecDeque<Ready<W>>) =
-            self.ready.drain(..).partition(|r| r.family == family);
-        self.ready = kept;
-        given_back.extend(others);
+        let given_back = self.stale(family, now);
         let taken = self
             .ready
             .iter()
@@ -170,12 +166,6 @@ impl<W, T> Prefetch<W, T> {
 
     /// How many claims wait.
     pub fn held(&self) -> usize {
-        self.ready.len()
-    }
-
-    /// How many claims wait.
-    #[cfg(test)]
-    pub fn waiting(&self) -> usize {
         self.ready.len()
     }
 }
@@ -343,7 +333,7 @@ mod tests {
         let (taken, expired) = p.take("plain", "f", t0 + HOLD);
         assert!(taken.is_none(), "its hold ended: it is given back, not handed out");
         assert_eq!(expired.iter().map(|r| r.token.as_str()).collect::<Vec<_>>(), vec!["b"]);
-        assert_eq!(p.waiting(), 0);
+        assert_eq!(p.held(), 0);
     }
 
     #[test]
@@ -359,7 +349,7 @@ mod tests {
             given_back.iter().map(|r| r.token.as_str()).collect::<Vec<_>>(),
             vec!["a"]
         );
-        assert_eq!(p.waiting(), 1, "a fetch of the new family must see the gpu item");
+        assert_eq!(p.held(), 1, "a fetch of the new family must see the gpu item");
         // A shareable claim (no session) goes to any fetch of its family.
         let mut shared = ready_in("c", "", "plain", t0);
         shared.shareable = true;
@@ -370,7 +360,7 @@ mod tests {
             Some("c".into()),
             "owner1's own claim still waits"
         );
-        assert_eq!(p.waiting(), 1);
+        assert_eq!(p.held(), 1);
     }
 
     #[test]
