@@ -46,6 +46,20 @@ pub struct OrchMessage {
     pub enqueued_at_ms: u64,
 }
 
+impl OrchMessage {
+    /// A message as an insert leaves it: untagged, never fetched.
+    pub fn queued(instance: String, payload: String, visible_at_ms: u64, enqueued_at_ms: u64) -> Self {
+        Self {
+            instance,
+            payload,
+            visible_at_ms,
+            lock_token: None,
+            attempt_count: 0,
+            enqueued_at_ms,
+        }
+    }
+}
+
 /// An `instance_locks` row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstanceLock {
@@ -127,6 +141,29 @@ pub struct WorkEntry {
     pub enqueued_at_ms: u64,
 }
 
+impl WorkEntry {
+    /// An activity as an insert leaves it: visible now, unlocked, never fetched.
+    pub fn queued(
+        key: duropg_core::route::ActivityKey,
+        session_id: Option<String>,
+        tag: Option<String>,
+        payload: String,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            key,
+            session_id,
+            tag,
+            payload,
+            visible_at_ms: now_ms,
+            lock_token: None,
+            locked_until_ms: None,
+            attempt_count: 0,
+            enqueued_at_ms: now_ms,
+        }
+    }
+}
+
 /// A `sessions` row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionEntry {
@@ -173,6 +210,18 @@ pub struct ModelState {
 }
 
 impl ModelState {
+    /// Insert an orchestrator message under the next `bigserial` id.
+    pub fn insert_orchestrator(&mut self, message: OrchMessage) {
+        self.next_orch_id += 1;
+        self.orchestrator_queue.insert(self.next_orch_id, message);
+    }
+
+    /// Insert an activity under the next `bigserial` id.
+    pub fn insert_worker(&mut self, work: WorkEntry) {
+        self.next_work_id += 1;
+        self.worker_queue.insert(self.next_work_id, work);
+    }
+
     /// A new transaction id (`txid_current()`).
     pub fn new_xid(&mut self) -> u64 {
         self.last_xid += 1;
@@ -185,17 +234,28 @@ impl ModelState {
         self.xids.insert(xid, status);
     }
 
-    /// The latest execution of `instance` — its row's current execution, or
-    /// without a row the highest stored — and that execution's events (what
-    /// `latest_histories` reads).
+    /// The latest execution of `instance`, as the `latest` CTEs of
+    /// `latest_histories` and `claimed_history` pick it: its row's current
+    /// execution, else the highest in `executions`, else the highest with
+    /// events in `history`.
+    pub fn latest_execution(&self, instance: &str) -> Option<u64> {
+        let range = (instance.to_string(), 0)..=(instance.to_string(), u64::MAX);
+        self.instances
+            .get(instance)
+            .map(|i| i.current_execution_id)
+            .or_else(|| self.executions.range(range.clone()).next_back().map(|((_, e), _)| *e))
+            .or_else(|| {
+                self.history
+                    .range(range)
+                    .rfind(|(_, events)| !events.is_empty())
+                    .map(|((_, e), _)| *e)
+            })
+    }
+
+    /// The latest execution of `instance` ([`ModelState::latest_execution`])
+    /// and that execution's events (what `latest_histories` reads).
     pub fn latest_history(&self, instance: &str) -> (Option<u64>, Vec<StoredEvent>) {
-        let from_row = self.instances.get(instance).map(|r| r.current_execution_id);
-        let highest =
-            |keys: &mut dyn Iterator<Item = &(String, u64)>| keys.filter(|(i, _)| i == instance).map(|(_, e)| *e).max();
-        let exec = from_row
-            .or_else(|| highest(&mut self.executions.keys()))
-            .or_else(|| highest(&mut self.history.keys()));
-        match exec {
+        match self.latest_execution(instance) {
             Some(e) => (Some(e), self.events(instance, e)),
             None => (None, Vec::new()),
         }

@@ -89,16 +89,9 @@ fn enqueue_orchestrator(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlErr
     let not_siblings = siblings.map(|s| !s);
     let announce = and3(Some(claimable), not_siblings) == Some(true);
     let deferred = and3(Some(claimable), siblings);
-    ex.db.next_orch_id += 1;
-    let row = OrchMessage {
-        instance,
-        payload,
-        visible_at_ms: visible,
-        lock_token: None,
-        attempt_count: 0,
-        enqueued_at_ms: ex.now_ms,
-    };
-    ex.db.orchestrator_queue.insert(ex.db.next_orch_id, row);
+    let now = ex.now_ms;
+    ex.db
+        .insert_orchestrator(OrchMessage::queued(instance, payload, visible, now));
     if announce {
         let payload = format!("o:1:{}", p.text(6).unwrap_or_default());
         ex.notify(&p.text(5).unwrap_or_default(), payload);
@@ -158,18 +151,10 @@ fn enqueue_orchestrator_many(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, S
             .flatten()
             .ok_or_else(|| not_null("orchestrator_queue", "work_item"))?;
         let visible = visible_at(now, delays.get(i).copied().flatten(), ats.get(i).copied().flatten());
-        rows.push(OrchMessage {
-            instance,
-            payload,
-            visible_at_ms: visible,
-            lock_token: None,
-            attempt_count: 0,
-            enqueued_at_ms: ex.now_ms,
-        });
+        rows.push(OrchMessage::queued(instance, payload, visible, ex.now_ms));
     }
     for row in rows {
-        ex.db.next_orch_id += 1;
-        ex.db.orchestrator_queue.insert(ex.db.next_orch_id, row);
+        ex.db.insert_orchestrator(row);
     }
     Ok(Outcome::wrote("INSERT", n, Vec::new()))
 }

@@ -27,22 +27,6 @@ fn count(n: usize) -> Value {
     Value::Int8(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-/// The `latest` CTE for one instance: its row's current execution, else the
-/// highest in `executions`, else the highest in `history`.
-fn latest_execution(db: &ModelState, instance: &str) -> Option<u64> {
-    let range = (instance.to_string(), 0)..=(instance.to_string(), u64::MAX);
-    db.instances
-        .get(instance)
-        .map(|i| i.current_execution_id)
-        .or_else(|| db.executions.range(range.clone()).next_back().map(|((_, e), _)| *e))
-        .or_else(|| {
-            db.history
-                .range(range)
-                .rfind(|(_, events)| !events.is_empty())
-                .map(|((_, e), _)| *e)
-        })
-}
-
 /// One `latest_histories` row before ordering.
 type HistoryRow = (Option<String>, Option<u64>, Option<u64>, Option<String>);
 
@@ -53,7 +37,7 @@ fn latest_histories(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> 
     let db = &*ex.db;
     let mut rows: Vec<HistoryRow> = Vec::new();
     for instance in p.texts(1) {
-        let execution = instance.as_deref().and_then(|i| latest_execution(db, i));
+        let execution = instance.as_deref().and_then(|i| db.latest_execution(i));
         let events = match (&instance, execution) {
             (Some(i), Some(e)) => db.history.get(&(i.clone(), e)),
             _ => None,
@@ -101,7 +85,7 @@ fn claimed_history(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> {
     let (Some(cap), Some(most), Some((instance, execution))) = (
         p.int8(2),
         p.int8(3),
-        instance.and_then(|i| latest_execution(db, &i).map(|e| (i, e))),
+        instance.and_then(|i| db.latest_execution(&i).map(|e| (i, e))),
     ) else {
         return Ok(Outcome::select(Vec::new()));
     };

@@ -305,21 +305,16 @@ fn enqueue_worker_many(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlErro
                 .ok_or_else(|| not_null("worker_queue", "activity_id"))?,
         };
         let payload = at(&items, i).ok_or_else(|| not_null("worker_queue", "work_item"))?;
-        rows.push(WorkEntry {
+        rows.push(WorkEntry::queued(
             key,
-            session_id: at(&sessions, i),
-            tag: at(&tags, i),
+            at(&sessions, i),
+            at(&tags, i),
             payload,
-            visible_at_ms: ex.now_ms,
-            lock_token: None,
-            locked_until_ms: None,
-            attempt_count: 0,
-            enqueued_at_ms: ex.now_ms,
-        });
+            ex.now_ms,
+        ));
     }
     for row in rows {
-        ex.db.next_work_id += 1;
-        ex.db.worker_queue.insert(ex.db.next_work_id, row);
+        ex.db.insert_worker(row);
     }
     Ok(Outcome::wrote("INSERT", n, Vec::new()))
 }

@@ -141,27 +141,14 @@ fn enqueue_worker(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> {
     let activity_id = not_null("activity_id", p.int8(3))?;
     let payload = not_null("work_item", p.text(6))?;
     let (channel, message) = notify_checked(p.text(7).as_deref(), concat("w:1:", p.text(8)).as_deref())?;
+    let key = ActivityKey {
+        instance,
+        execution_id: unsigned(execution_id),
+        activity_id: unsigned(activity_id),
+    };
     let now = ex.now_ms;
-    ex.db.next_work_id += 1;
-    let id = ex.db.next_work_id;
-    ex.db.worker_queue.insert(
-        id,
-        WorkEntry {
-            key: ActivityKey {
-                instance,
-                execution_id: unsigned(execution_id),
-                activity_id: unsigned(activity_id),
-            },
-            session_id: p.text(4),
-            tag: p.text(5),
-            payload,
-            visible_at_ms: now,
-            lock_token: None,
-            locked_until_ms: None,
-            attempt_count: 0,
-            enqueued_at_ms: now,
-        },
-    );
+    ex.db
+        .insert_worker(WorkEntry::queued(key, p.text(4), p.text(5), payload, now));
     ex.notify(&channel, message);
     Ok(Outcome::select(vec![vec![Value::Int4(1), Value::Void]]))
 }
@@ -319,14 +306,7 @@ fn plan_completion(db: &ModelState, p: &Params, deleted: i64, now: i64) -> Resul
     } else {
         None
     };
-    let message = OrchMessage {
-        instance,
-        payload,
-        visible_at_ms: unsigned(visible),
-        lock_token: None,
-        attempt_count: 0,
-        enqueued_at_ms: unsigned(now),
-    };
+    let message = OrchMessage::queued(instance, payload, unsigned(visible), unsigned(now));
     Ok((Some(message), i32::from(announce), deferred, notify))
 }
 
@@ -345,9 +325,7 @@ fn complete_work(ex: &mut Exec<'_>, p: &Params) -> Result<Outcome, SqlError> {
     ex.db.settled.entry(token).or_insert(unsigned(now));
     touch_session(ex.db, removed.session_id.as_deref(), now);
     if let Some(message) = message {
-        ex.db.next_orch_id += 1;
-        let oid = ex.db.next_orch_id;
-        ex.db.orchestrator_queue.insert(oid, message);
+        ex.db.insert_orchestrator(message);
     }
     if let Some((channel, payload)) = notify {
         ex.notify(&channel, payload);
