@@ -32,8 +32,9 @@ pub const RETRIES_EXHAUSTED_TOTAL: &str = "duropg_retries_exhausted_total";
 /// caller gets a retryable error).
 pub const AMBIGUOUS_RESOLVED_TOTAL: &str = "duropg_ambiguous_resolved_total";
 
-/// Counter. A claim sent to the store, by `queue` (`orchestrator`,
-/// `worker`) and `found` (`true`: it locked work; `false`: none was ready).
+/// Counter. A claim sent to the store — by a fetch, or along with an
+/// activity's ack or a turn — by `queue` (`orchestrator`, `worker`) and
+/// `found` (`true`: it locked work; `false`: none was ready).
 pub const CLAIMS_TOTAL: &str = "duropg_claims_total";
 
 /// Counter. Work items this process's committed writes announced, by

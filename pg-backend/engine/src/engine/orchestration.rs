@@ -178,7 +178,11 @@ impl<S: Store> Engine<S> {
         // attempt claimed: give those claims back by token.
         let rerun = attempts.into_inner() > 1;
         for (i, (claim, template)) in claims.into_iter().enumerate() {
-            match (&outcome, claimed.get(i).cloned().flatten()) {
+            let work = claimed.get(i).cloned().flatten();
+            if outcome.is_ok() && !rerun {
+                crate::metrics::claimed(crate::metrics::queue_label(QueueKind::Worker), work.is_some());
+            }
+            match (&outcome, work) {
                 (Ok(_), Some(work)) => {
                     let ready = prefetch::Ready {
                         token: claim.lock_token,

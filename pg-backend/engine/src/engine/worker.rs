@@ -220,7 +220,11 @@ impl<S: Store> Engine<S> {
         unsettled.settled();
         self.forget_lease(lock_token);
         if let Some((claim, template)) = next {
-            match (&outcome, claimed.into_inner().ok().flatten()) {
+            let work = claimed.into_inner().ok().flatten();
+            if outcome.is_ok() {
+                crate::metrics::claimed(crate::metrics::queue_label(QueueKind::Worker), work.is_some());
+            }
+            match (&outcome, work) {
                 (Ok(_), Some(work)) => self.hold(
                     &self.prefetch,
                     QueueKind::Worker,
