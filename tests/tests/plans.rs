@@ -9,7 +9,9 @@
 //! rolled back, in the order a turn runs them, so every branch that real
 //! work takes is executed. A plan fails when any node reading a seeded table
 //! is a sequential scan, or reads (returns plus filters away) more than
-//! `ROW_BUDGET` rows of it. Plans, not timings: the check holds on a busy
+//! `ROW_BUDGET` rows of it. Each statement's generic plan — what duropg's
+//! connections run, as they set `plan_cache_mode = force_generic_plan` —
+//! fails on any sequential scan of a seeded table. Plans, not timings: the check holds on a busy
 //! machine and fails on an idle one when a plan goes wrong.
 
 use duropg::testing::internals::{render, Sql};
@@ -59,6 +61,17 @@ fn offence(node: &Value) -> Option<String> {
     }
 }
 
+/// Sequential scans of large tables anywhere in a plan (estimated, not run).
+fn seq_scans(node: &Value, out: &mut Vec<String>) {
+    let table = node.get("Relation Name").and_then(Value::as_str).unwrap_or("");
+    if node.get("Node Type").and_then(Value::as_str) == Some("Seq Scan") && LARGE.contains(&table) {
+        out.push(format!("Seq Scan on {table}"));
+    }
+    for child in node.get("Plans").and_then(Value::as_array).into_iter().flatten() {
+        seq_scans(child, out);
+    }
+}
+
 fn offences(node: &Value, out: &mut Vec<String>) {
     out.extend(offence(node));
     for child in node.get("Plans").and_then(Value::as_array).into_iter().flatten() {
@@ -82,8 +95,49 @@ impl Guard<'_> {
             .unwrap_or_else(|| panic!("sql.rs has no statement {name}: update the plan guard"))
     }
 
-    /// Run `name` under EXPLAIN ANALYZE and record what its plan reads.
+    /// The generic plan of `name` — the one a pooled connection runs, as
+    /// duropg connections set `plan_cache_mode = force_generic_plan` — and
+    /// any sequential scan of a large table in it. Not executed: the plan
+    /// does not depend on the values.
+    async fn check_generic(&mut self, name: &'static str, params: usize) {
+        let sql = render(Self::template(name), &self.schema);
+        let nulls = vec!["NULL"; params].join(", ");
+        let args = if params == 0 {
+            String::new()
+        } else {
+            format!("({nulls})")
+        };
+        self.tx
+            .batch_execute(&format!(
+                "PREPARE duropg_guard AS {sql}; SET LOCAL plan_cache_mode = force_generic_plan"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("PREPARE {name}: {e}"));
+        let rows = self
+            .tx
+            .query(&format!("EXPLAIN (FORMAT JSON) EXECUTE duropg_guard{args}"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("EXPLAIN EXECUTE {name}: {e}"));
+        self.tx
+            .batch_execute("DEALLOCATE duropg_guard; SET LOCAL plan_cache_mode = auto")
+            .await
+            .unwrap_or_else(|e| panic!("DEALLOCATE {name}: {e}"));
+        let plan: Value = rows[0].get(0);
+        let mut scans = Vec::new();
+        seq_scans(&plan[0]["Plan"], &mut scans);
+        if !scans.is_empty() {
+            self.failures.push(format!(
+                "{name} (generic plan): {}\n{}",
+                scans.join("; "),
+                serde_json::to_string_pretty(&plan).unwrap_or_default()
+            ));
+        }
+    }
+
+    /// Run `name` under EXPLAIN ANALYZE and record what its plan reads, and
+    /// check its generic plan.
     async fn check(&mut self, name: &'static str, params: &[&(dyn ToSql + Sync)]) {
+        self.check_generic(name, params.len()).await;
         let sql = format!(
             "EXPLAIN (ANALYZE, FORMAT JSON) {}",
             render(Self::template(name), &self.schema)
