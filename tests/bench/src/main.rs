@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! cargo run -p duropg-bench --release -- compare [--rounds 3] [--duration 10] [--latency-runs 200] [--write-doc docs/benchmarks.md]
+//! cargo run -p duropg-bench --release -- one --scenario std|high|bare --provider duropg|duroxide-pg [--duration 10]
 //! cargo run -p duropg-bench --release -- scale [--rounds 3] [--duration 10] [--latency-runs 200] \
 //!     [--finished 1000000] [--sleeping 100000] [--sessions 10000] [--write-md PATH]
 //! ```
@@ -33,6 +34,8 @@ pub enum Command {
     Compare,
     /// Empty versus seeded schemas, and long histories.
     Scale,
+    /// One throughput scenario for one provider, to profile it.
+    One,
 }
 
 /// Command-line settings.
@@ -55,6 +58,10 @@ pub struct Settings {
     pub write_doc: Option<String>,
     /// What `scale` seeds.
     pub scale: Scale,
+    /// `one`: which scenario (`std`, `high` or `bare`).
+    pub scenario: String,
+    /// `one`: which provider.
+    pub provider: Kind,
 }
 
 /// Parse a flag's value.
@@ -75,6 +82,13 @@ fn apply(s: &mut Settings, flag: &str, value: String) -> Result<(), String> {
         (Command::Scale, "--finished") => s.scale.finished = number(flag, value)?,
         (Command::Scale, "--sleeping") => s.scale.sleeping = number(flag, value)?,
         (Command::Scale, "--sessions") => s.scale.idle_sessions = number(flag, value)?,
+        (Command::One, "--scenario") => s.scenario = value,
+        (Command::One, "--provider") => {
+            s.provider = [Kind::Duropg, Kind::DuroxidePg]
+                .into_iter()
+                .find(|k| k.name() == value)
+                .ok_or_else(|| format!("--provider: duropg or duroxide-pg, not {value}"))?
+        }
         (_, other) => return Err(format!("unknown option {other}")),
     }
     Ok(())
@@ -87,7 +101,12 @@ fn parse_args() -> Result<Settings, String> {
     let command = match args.next().as_deref() {
         Some("compare") => Command::Compare,
         Some("scale") => Command::Scale,
-        other => return Err(format!("usage: duropg-bench compare|scale [options] (got {other:?})")),
+        Some("one") => Command::One,
+        other => {
+            return Err(format!(
+                "usage: duropg-bench compare|scale|one [options] (got {other:?})"
+            ))
+        }
     };
     let mut s = Settings {
         command,
@@ -98,6 +117,8 @@ fn parse_args() -> Result<Settings, String> {
         latency_runs: 200,
         write_doc: None,
         scale: Scale::PRODUCTION,
+        scenario: "std".into(),
+        provider: Kind::Duropg,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -121,6 +142,7 @@ async fn main() {
     let outcome = match settings.command {
         Command::Compare => run(&settings).await,
         Command::Scale => scale::run(&settings).await,
+        Command::One => one(&settings).await,
     };
     if let Err(e) = outcome {
         eprintln!("benchmark failed: {e}");
@@ -134,6 +156,13 @@ async fn run(settings: &Settings) -> Result<(), String> {
     eprintln!("{}", machine.describe());
     let ceiling = measure::commit_ceiling(&settings.url, 8, Duration::from_secs(5)).await?;
     eprintln!("commit-rate ceiling: {ceiling:.0} one-row-insert transactions/s (8 clients)");
+    let floor = measure::SlotFloor::measure(&settings.url).await?;
+    eprintln!(
+        "slot floor: sleep(10 ms) takes {:.2} ms, one commit {:.2} ms: 2/2 at most {:.1} orch/s",
+        floor.sleep_ms,
+        floor.commit_ms,
+        floor.orch_per_s(2.0)
+    );
     let mut table = Table::new(settings.rounds);
     for round in 1..=settings.rounds {
         for kind in [Kind::Duropg, Kind::DuroxidePg] {
@@ -143,7 +172,7 @@ async fn run(settings: &Settings) -> Result<(), String> {
         }
     }
     let rows: Vec<Row> = table.rows(ceiling);
-    let text = report::render(&machine, settings, ceiling, &rows);
+    let text = report::render(&machine, settings, ceiling, &floor, &rows);
     println!("{text}");
     if let Some(path) = &settings.write_doc {
         // The scale sections (from `scale --write-md` and the plans) follow
@@ -152,7 +181,7 @@ async fn run(settings: &Settings) -> Result<(), String> {
             .ok()
             .and_then(|old| old.find(KEEP_MARKER).map(|i| old[i..].to_string()))
             .unwrap_or_default();
-        let doc = report::document(&machine, settings, ceiling, &rows);
+        let doc = report::document(&machine, settings, ceiling, &floor, &rows);
         let doc = if kept.is_empty() {
             doc
         } else {
@@ -161,6 +190,14 @@ async fn run(settings: &Settings) -> Result<(), String> {
         std::fs::write(path, doc).map_err(|e| format!("writing {path}: {e}"))?;
         eprintln!("wrote {path}");
     }
+    Ok(())
+}
+
+/// The `one` subcommand: one throughput scenario, printed.
+async fn one(s: &Settings) -> Result<(), String> {
+    let config = scenarios::config(&s.scenario, s)?;
+    let t = scenarios::throughput(s.provider, 1, &s.scenario, config, None, s).await?;
+    println!("{} {}: {t:?}", s.provider.name(), s.scenario);
     Ok(())
 }
 

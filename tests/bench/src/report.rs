@@ -1,6 +1,7 @@
 //! Medians, ratios, and the printed and written report.
 
 use crate::measure::connect;
+use crate::measure::SlotFloor;
 use crate::scenarios::{Kind, Results};
 use crate::Settings;
 
@@ -161,6 +162,12 @@ impl Table<Results> {
                 r.standard.stmts_per_orch
             }),
             self.row("2/2 dispatchers: % of commit ceiling", 1, |r| frac(&r.standard)),
+            self.row("2/2 dispatchers: CPU ms / orchestration, bench process", 2, |r| {
+                Some(r.standard.cpu_this_ms)
+            }),
+            self.row("2/2 dispatchers: CPU ms / orchestration, PostgreSQL", 2, |r| {
+                r.standard.cpu_server_ms
+            }),
             self.row("8/8 dispatchers: orchestrations/s", 1, |r| Some(r.high.orch_per_s)),
             self.row("8/8 dispatchers: % of the 160/s slot ceiling", 1, |r| {
                 slots(r.high.orch_per_s, 8.0)
@@ -174,12 +181,24 @@ impl Table<Results> {
                 r.high.stmts_per_orch
             }),
             self.row("8/8 dispatchers: % of commit ceiling", 1, |r| frac(&r.high)),
+            self.row("8/8 dispatchers: CPU ms / orchestration, bench process", 2, |r| {
+                Some(r.high.cpu_this_ms)
+            }),
+            self.row("8/8 dispatchers: CPU ms / orchestration, PostgreSQL", 2, |r| {
+                r.high.cpu_server_ms
+            }),
             self.row("8/8, 0 ms activities: orchestrations/s", 1, |r| Some(r.bare.orch_per_s)),
             self.row("8/8, 0 ms activities: transactions / orchestration", 1, |r| {
                 Some(r.bare.tx_per_orch)
             }),
             self.row("8/8, 0 ms activities: statements / orchestration", 1, |r| {
                 r.bare.stmts_per_orch
+            }),
+            self.row("8/8, 0 ms activities: CPU ms / orchestration, bench process", 2, |r| {
+                Some(r.bare.cpu_this_ms)
+            }),
+            self.row("8/8, 0 ms activities: CPU ms / orchestration, PostgreSQL", 2, |r| {
+                r.bare.cpu_server_ms
             }),
             self.row("idle latency p50 (ms)", 1, |r| Some(r.latency.p50_ms)),
             self.row("idle latency p99 (ms)", 1, |r| Some(r.latency.p99_ms)),
@@ -218,14 +237,31 @@ pub fn table_text(rows: &[Row]) -> String {
 }
 
 /// The report printed to stdout.
-pub fn render(machine: &Machine, s: &Settings, ceiling: f64, rows: &[Row]) -> String {
+pub fn render(machine: &Machine, s: &Settings, ceiling: f64, floor: &SlotFloor, rows: &[Row]) -> String {
     format!(
-        "{}\ncommit ceiling: {ceiling:.0} tx/s; medians of {} rounds, {} s per throughput scenario, {} latency runs\n\n{}",
+        "{}\ncommit ceiling: {ceiling:.0} tx/s; medians of {} rounds, {} s per throughput scenario, {} latency runs\n{}\n\n{}",
         machine.describe(),
         s.rounds,
         s.duration_secs,
         s.latency_runs,
+        floor_text(floor),
         table_text(rows)
+    )
+}
+
+/// What the slot floor means for the stress rows, in one paragraph.
+pub fn floor_text(f: &SlotFloor) -> String {
+    format!(
+        "Slot floor on this machine: tokio's `sleep(10 ms)` took {sleep:.2} ms on average (200 in a row; \
+         the timer rounds up to its 1 ms tick) and one durable commit {commit:.2} ms (one connection, \
+         one-row inserts for 3 s). A worker slot cannot finish an activity faster than its sleep plus \
+         the commit of its ack, so with durable acks no provider can exceed {two:.1} orch/s at 2/2 \
+         ({two_pct:.1} % of the 40/s slot ceiling) or {eight:.1} orch/s at 8/8, whatever else it saves.",
+        sleep = f.sleep_ms,
+        commit = f.commit_ms,
+        two = f.orch_per_s(2.0),
+        two_pct = 100.0 * f.orch_per_s(2.0) / 40.0,
+        eight = f.orch_per_s(8.0),
     )
 }
 
@@ -249,7 +285,7 @@ pub fn today() -> String {
 }
 
 /// The markdown document for docs/benchmarks.md.
-pub fn document(machine: &Machine, s: &Settings, ceiling: f64, rows: &[Row]) -> String {
+pub fn document(machine: &Machine, s: &Settings, ceiling: f64, floor: &SlotFloor, rows: &[Row]) -> String {
     format!(
         "# Benchmarks: duropg vs duroxide-pg\n\n\
          Measured {date} with\n\n\
@@ -277,13 +313,18 @@ pub fn document(machine: &Machine, s: &Settings, ceiling: f64, rows: &[Row]) -> 
          in-process, so they count only the runtime's transactions — fetches, acks, \
          empty polls — without the stress test's client polling status. Latency is start-to-completion of a one-activity orchestration on an idle runtime \
          (default `RuntimeOptions`), sampled by polling status every millisecond. The large-payload \
-         rows run 48 orchestrations, 8 in flight, each with a 256 KiB input and a 256 KiB output.\n\n{table}\n{ceilings}",
+         rows run 48 orchestrations, 8 in flight, each with a 256 KiB input and a 256 KiB output. \
+         \"CPU ms / orchestration\" is the user + system CPU time, during the scenario, of this \
+         benchmark's process (the runtime, the provider and the stress test's client) and of the \
+         PostgreSQL server (its postmaster, every backend alive and every backend that exited, read \
+         from /proc), divided by completed orchestrations.\n\n{table}\n{ceilings}\n{floor}\n",
         date = today(),
         rounds = s.rounds,
         dur = s.duration_secs,
         lat = s.latency_runs,
         machine = machine.describe(),
         table = table_text(rows),
+        floor = floor_text(floor),
         ceilings = CEILINGS,
     )
 }
@@ -295,9 +336,9 @@ const CEILINGS: &str = "## What bounds these scenarios\n\n\
     loop fetches, runs and acks one item at a time). With W worker slots no \
     provider can exceed W x 100 activities/s, that is W x 20 orchestrations/s: \
     **40/s at 2/2 and 160/s at 8/8**. At 2/2 each slot's cycle is the 10 ms \
-    sleep (rounded up by the timer) plus a claim, an ack and the runtime's own \
-    work, so both providers sit at about two thirds of the bound and the ratio \
-    can never reach much above 1.5 whatever the provider does. At 8/8 the two \
+    sleep (rounded up by the timer) plus at least one durable commit (the ack) and \
+    the runtime's own work; the slot floor at the end of this section gives the \
+    bound that leaves on this machine. At 8/8 the two \
     cores are nearly saturated (vmstat showed about a quarter of the CPU idle \
     during a duropg run): PostgreSQL, the runtime and the stress test's client \
     share them (about 70% of the busy CPU went to PostgreSQL), so throughput \

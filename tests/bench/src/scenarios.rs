@@ -1,6 +1,6 @@
 //! The scenarios, run identically for both providers.
 
-use crate::measure::{connect, counted};
+use crate::measure::{connect, counted, Counts};
 use crate::seed::Seed;
 use crate::Settings;
 use async_trait::async_trait;
@@ -55,6 +55,29 @@ pub struct Throughput {
     pub tx_per_orch: f64,
     /// Statements per completed orchestration (pg_stat_statements), if known.
     pub stmts_per_orch: Option<f64>,
+    /// CPU milliseconds per completed orchestration spent by this process
+    /// (runtime, provider and the scenario's client).
+    pub cpu_this_ms: f64,
+    /// CPU milliseconds per completed orchestration spent by PostgreSQL, when
+    /// the server runs on this machine.
+    pub cpu_server_ms: Option<f64>,
+}
+
+impl Throughput {
+    /// `done` orchestrations of `tasks` activities each in `elapsed`, of
+    /// `launched`, having cost `c`.
+    fn new(done: f64, launched: f64, tasks: f64, elapsed: Duration, c: Counts) -> Self {
+        let per = |d: Duration| d.as_secs_f64() * 1000.0 / done.max(1.0);
+        Self {
+            orch_per_s: done / elapsed.as_secs_f64(),
+            act_per_s: done * tasks / elapsed.as_secs_f64(),
+            success_pct: 100.0 * done / launched.max(1.0),
+            tx_per_orch: c.tx as f64 / done.max(1.0),
+            stmts_per_orch: c.stmts.map(|n| n as f64 / done.max(1.0)),
+            cpu_this_ms: per(c.cpu_this),
+            cpu_server_ms: c.cpu_server.map(per),
+        }
+    }
 }
 
 /// Latency figures, milliseconds.
@@ -174,19 +197,13 @@ pub async fn throughput(
             .await
             .map_err(|e| e.to_string())
     };
-    let (r, tx, stmts) = counted(&s.url, run).await?;
+    let (r, counts) = counted(&s.url, run).await?;
     let created: Vec<String> = factory.created.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for schema in &created {
         drop_schema(&s.url, schema).await?;
     }
-    let done = r.completed.max(1) as f64;
-    Ok(Throughput {
-        orch_per_s: r.orch_throughput,
-        act_per_s: r.completed as f64 * tasks / r.total_time.as_secs_f64(),
-        success_pct: r.success_rate(),
-        tx_per_orch: tx as f64 / done,
-        stmts_per_orch: stmts.map(|n| n as f64 / done),
-    })
+    let done = r.completed as f64;
+    Ok(Throughput::new(done, r.launched as f64, tasks, r.total_time, counts))
 }
 
 fn one_activity() -> (ActivityRegistry, OrchestrationRegistry) {
@@ -292,17 +309,10 @@ async fn large(kind: Kind, round: usize, s: &Settings) -> Result<(Throughput, La
         }
         Ok((started.elapsed(), samples))
     };
-    let ((elapsed, samples), tx, stmts) = counted(&s.url, work).await?;
+    let ((elapsed, samples), counts) = counted(&s.url, work).await?;
     rt.shutdown(Some(2_000)).await;
     drop_schema(&s.url, &schema).await?;
-    let done = samples.len() as f64;
-    let t = Throughput {
-        orch_per_s: done / elapsed.as_secs_f64(),
-        act_per_s: done / elapsed.as_secs_f64(),
-        success_pct: 100.0 * done / LARGE_RUNS as f64,
-        tx_per_orch: tx as f64 / done.max(1.0),
-        stmts_per_orch: stmts.map(|n| n as f64 / done.max(1.0)),
-    };
+    let t = Throughput::new(samples.len() as f64, LARGE_RUNS as f64, 1.0, elapsed, counts);
     Ok((t, percentiles(samples)))
 }
 
@@ -367,17 +377,11 @@ async fn provider_cost(kind: Kind, round: usize, s: &Settings) -> Result<Through
         tokio::time::sleep(Duration::from_millis(200)).await;
         Ok(started.elapsed())
     };
-    let (elapsed, tx, stmts) = counted(&s.url, work).await?;
+    let (elapsed, counts) = counted(&s.url, work).await?;
     rt.shutdown(Some(2_000)).await;
     drop_schema(&s.url, &schema).await?;
     let n = COST_RUNS as f64;
-    Ok(Throughput {
-        orch_per_s: n / elapsed.as_secs_f64(),
-        act_per_s: n * COST_FAN_OUT as f64 / elapsed.as_secs_f64(),
-        success_pct: 100.0,
-        tx_per_orch: tx as f64 / n,
-        stmts_per_orch: stmts.map(|x| x as f64 / n),
-    })
+    Ok(Throughput::new(n, n, COST_FAN_OUT as f64, elapsed, counts))
 }
 
 /// duroxide's standard stress config (2/2 dispatchers) for `s.duration_secs`.
@@ -388,9 +392,9 @@ pub fn standard_config(s: &Settings) -> StressTestConfig {
     }
 }
 
-/// Every scenario for one provider in one round.
-pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, String> {
-    let standard = standard_config(s);
+/// The stress config called `name`: `std` (2/2), `high` (8/8, 64 in
+/// flight) or `bare` (`high` with 0 ms activities).
+pub fn config(name: &str, s: &Settings) -> Result<StressTestConfig, String> {
     let high = StressTestConfig {
         max_concurrent: 64,
         duration_secs: s.duration_secs,
@@ -398,17 +402,26 @@ pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, 
         worker_concurrency: 8,
         ..StressTestConfig::default()
     };
+    Ok(match name {
+        "std" => standard_config(s),
+        "high" => high,
+        "bare" => StressTestConfig {
+            activity_delay_ms: 0,
+            ..high
+        },
+        other => return Err(format!("no scenario {other}: std, high or bare")),
+    })
+}
+
+/// Every scenario for one provider in one round.
+pub async fn run_all(kind: Kind, round: usize, s: &Settings) -> Result<Results, String> {
     let provider_cost = provider_cost(kind, round, s).await?;
     eprintln!("  provider cost: {provider_cost:?}");
-    let standard = throughput(kind, round, "std", standard, None, s).await?;
+    let standard = throughput(kind, round, "std", config("std", s)?, None, s).await?;
     eprintln!("  standard 2/2: {standard:?}");
-    let bare = StressTestConfig {
-        activity_delay_ms: 0,
-        ..high.clone()
-    };
-    let high = throughput(kind, round, "high", high, None, s).await?;
+    let high = throughput(kind, round, "high", config("high", s)?, None, s).await?;
     eprintln!("  high 8/8: {high:?}");
-    let bare = throughput(kind, round, "bare", bare, None, s).await?;
+    let bare = throughput(kind, round, "bare", config("bare", s)?, None, s).await?;
     eprintln!("  8/8, 0 ms activities: {bare:?}");
     let latency = latency(kind, round, None, s).await?;
     eprintln!("  latency: {latency:?}");
