@@ -266,3 +266,61 @@ async fn a_turn_claims_its_activity_for_a_fetcher_that_waits() {
     p.ack_work_item(&token, None).await.unwrap();
     assert_eq!(queued(&schema).await, 0);
 }
+
+/// A process that acks its last activity and exits: its own tokio runtime,
+/// ended (as `#[tokio::main]` ends when `main` returns) right after the ack
+/// claimed the next activity — with `close` called first, or not.
+fn ack_then_exit(schema: &TestSchema, close: bool) {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                let p = schema.provider().await;
+                let (_, token, _) = fetch(&p).await.expect("the first activity");
+                p.ack_work_item(&token, None).await.unwrap();
+                if close {
+                    assert_eq!(p.close().await, 1, "the ack's claim was held, and given back");
+                }
+            });
+            // The runtime ends here: tasks it has not run never will.
+        })
+        .join()
+        .expect("the exiting process");
+    });
+}
+
+#[tokio::test]
+async fn close_gives_back_the_acks_claims_before_the_process_exits() {
+    let schema = TestSchema::new("cwa_close");
+    let p2 = schema.provider().await;
+    for id in 1..=2 {
+        p2.enqueue_for_worker(activity("cwa-close", id)).await.unwrap();
+    }
+    // Without close, the claim made by the last ack outlives the process:
+    // locked for its lease (30 s), so the other process finds nothing.
+    ack_then_exit(&schema, false);
+    assert!(
+        fetch(&p2).await.is_none(),
+        "without close, activity 2 stays claimed by the process that exited"
+    );
+    // With close, the other process takes the next activity at once, as
+    // first delivered.
+    for id in 3..=4 {
+        p2.enqueue_for_worker(activity("cwa-close", id)).await.unwrap();
+    }
+    ack_then_exit(&schema, true);
+    let (item, token, attempts) = fetch(&p2).await.expect("given back by close before the exit");
+    assert_eq!((activity_id(&item), attempts), (4, 1));
+    p2.ack_work_item(&token, None).await.unwrap();
+    // And the provider still works after close, claiming nothing ahead.
+    let closed = schema.provider().await;
+    assert_eq!(closed.close().await, 0);
+    p2.enqueue_for_worker(activity("cwa-close", 5)).await.unwrap();
+    p2.enqueue_for_worker(activity("cwa-close", 6)).await.unwrap();
+    let (_, token, _) = fetch(&closed).await.expect("a closed provider still fetches");
+    closed.ack_work_item(&token, None).await.unwrap();
+    assert!(fetch(&p2).await.is_some(), "its ack claimed nothing ahead");
+}

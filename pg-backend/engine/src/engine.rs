@@ -154,6 +154,8 @@ pub struct Engine<S: Store> {
     /// Fetchers waiting for work, per queue.
     waiting: [std::sync::atomic::AtomicUsize; 2],
     descriptors: Mutex<prefetch::Descriptors>,
+    /// Set by [`Engine::close`]: acks and turns claim nothing ahead.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A lease this process handed out.
@@ -265,6 +267,7 @@ impl<S: Open> Engine<S> {
 /// shut down right after its last acks) gives them back, so they are not
 /// left locked until their leases end — best effort: the give-backs run on
 /// the current tokio runtime, if there is one and it lives long enough.
+/// [`Engine::close`] does the same and waits for it.
 impl<S: Store> Drop for Engine<S> {
     fn drop(&mut self) {
         let work: Vec<String> = self
@@ -311,7 +314,14 @@ impl<S: Store> Engine<S> {
             last_work_fetch: Mutex::new(None),
             waiting: Default::default(),
             descriptors: Mutex::new(prefetch::Descriptors::default()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether acks and turns claim activities ahead of their fetches:
+    /// configured (`claim_with_ack`) and not closed.
+    fn claims_ahead(&self) -> bool {
+        self.config.claim_with_ack && !self.closed.load(Ordering::SeqCst)
     }
 
     /// Wake local fetchers for work this engine's write made visible — unless

@@ -9,6 +9,38 @@ use duropg_core::fault::Classifier;
 use std::sync::{Arc, Mutex};
 
 impl<S: Store> Engine<S> {
+    /// For a graceful shutdown, after `Runtime::shutdown` and before the
+    /// process exits: stop claiming activities ahead of fetches (acks and
+    /// turns claim nothing more) and give back every claim held for a
+    /// fetch that has not come, waiting until each is unlocked — so another
+    /// process takes those activities at once instead of when their leases
+    /// end. Returns how many were given back. The provider keeps working
+    /// afterwards, without claims made ahead; a claim an ack still in flight
+    /// makes is given back at once, on a task of its own.
+    pub async fn close(&self) -> usize {
+        // Under the buffer's lock, so a claim is either drained here or
+        // held after the flag is set (and given back by `hold`).
+        let held: Vec<String> = self
+            .prefetch
+            .lock()
+            .map(|mut p| {
+                self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+                p.drain().into_iter().map(|r| r.token).collect()
+            })
+            .unwrap_or_else(|_| {
+                self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+                Vec::new()
+            });
+        let n = held.len();
+        let (policy, classify) = (self.config.retry, self.classify);
+        futures::future::join_all(
+            held.into_iter()
+                .map(|token| give_back(Arc::clone(&self.store), policy, classify, QueueKind::Worker, token)),
+        )
+        .await;
+        n
+    }
+
     /// A held claim that a fetch of kind `key` (of `family`) may take.
     /// Claims whose hold ended, or made for another family of fetch, are
     /// given back first — before this fetch claims, so that it can see
@@ -76,6 +108,10 @@ impl<S: Store> Engine<S> {
     {
         let token = ready.token.clone();
         match pending.lock() {
+            // Checked under the lock `close` drains under.
+            Ok(_) if self.closed.load(std::sync::atomic::Ordering::SeqCst) => {
+                return self.give_back_later(queue, token)
+            }
             Ok(mut p) => p.push(ready),
             Err(_) => return self.give_back_later(queue, token),
         }

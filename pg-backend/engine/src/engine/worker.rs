@@ -151,7 +151,7 @@ impl<S: Store> Engine<S> {
     /// `enqueued`, at most 8), copying the latest fetch's tags and lease;
     /// without a session, so any of those fetchers may take them.
     pub(super) fn work_claims_for_turn(&self, enqueued: usize) -> Vec<(WorkClaim, prefetch::Template)> {
-        if !self.config.claim_with_ack || enqueued == 0 {
+        if !self.claims_ahead() || enqueued == 0 {
             return Vec::new();
         }
         let waiting = self.waiting[QueueKind::Worker as usize].load(std::sync::atomic::Ordering::SeqCst);
@@ -182,7 +182,7 @@ impl<S: Store> Engine<S> {
     /// The claim the ack of `lock_token` should make for its slot's next
     /// fetch, if any: a copy of the fetch that handed the activity out.
     fn claim_for_next(&self, lock_token: &str) -> Option<(WorkClaim, prefetch::Template)> {
-        if !self.config.claim_with_ack {
+        if !self.claims_ahead() {
             return None;
         }
         let template = self.prefetch.lock().ok()?.next_claim(lock_token)?;
