@@ -125,11 +125,16 @@ impl Guard<'_> {
         let plan: Value = rows[0].get(0);
         let mut scans = Vec::new();
         seq_scans(&plan[0]["Plan"], &mut scans);
-        if !scans.is_empty() {
+        self.fail_on(&format!("{name} (generic plan)"), &scans, &plan);
+    }
+
+    /// Record `found` against `what`, with the plan it was found in.
+    fn fail_on(&mut self, what: &str, found: &[String], plan: &Value) {
+        if !found.is_empty() {
             self.failures.push(format!(
-                "{name} (generic plan): {}\n{}",
-                scans.join("; "),
-                serde_json::to_string_pretty(&plan).unwrap_or_default()
+                "{what}: {}\n{}",
+                found.join("; "),
+                serde_json::to_string_pretty(plan).unwrap_or_default()
             ));
         }
     }
@@ -150,13 +155,7 @@ impl Guard<'_> {
         let plan: Value = rows[0].get(0);
         let mut found = Vec::new();
         offences(&plan[0]["Plan"], &mut found);
-        if !found.is_empty() {
-            self.failures.push(format!(
-                "{name}: {}\n{}",
-                found.join("; "),
-                serde_json::to_string_pretty(&plan).unwrap_or_default()
-            ));
-        }
+        self.fail_on(name, &found, &plan);
         self.checked.push(name);
     }
 }
