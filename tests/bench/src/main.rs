@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run -p duropg-bench --release -- compare [--rounds 3] [--duration 10] [--latency-runs 200] [--write-doc docs/benchmarks.md]
-//! cargo run -p duropg-bench --release -- one --scenario std|high|bare --provider duropg|duroxide-pg [--duration 10]
+//! cargo run -p duropg-bench --release -- one --scenario std|high|bare|latency|probe --provider duropg|duroxide-pg [--duration 10]
 //! cargo run -p duropg-bench --release -- scale [--rounds 3] [--duration 10] [--latency-runs 200] \
 //!     [--finished 1000000] [--sleeping 100000] [--sessions 10000] [--write-md PATH]
 //! ```
@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod measure;
+mod probe;
 mod report;
 mod scale;
 mod scenarios;
@@ -58,7 +59,7 @@ pub struct Settings {
     pub write_doc: Option<String>,
     /// What `scale` seeds.
     pub scale: Scale,
-    /// `one`: which scenario (`std`, `high` or `bare`).
+    /// `one`: which scenario (`std`, `high`, `bare`, `latency` or `probe`).
     pub scenario: String,
     /// `one`: which provider.
     pub provider: Kind,
@@ -195,6 +196,14 @@ async fn run(settings: &Settings) -> Result<(), String> {
 
 /// The `one` subcommand: one throughput scenario, printed.
 async fn one(s: &Settings) -> Result<(), String> {
+    if s.scenario == "probe" {
+        return probe::run(&s.url, s.latency_runs).await;
+    }
+    if s.scenario == "latency" {
+        let l = scenarios::latency(s.provider, 1, None, s).await?;
+        println!("{} latency: {l:?}", s.provider.name());
+        return Ok(());
+    }
     let config = scenarios::config(&s.scenario, s)?;
     let t = scenarios::throughput(s.provider, 1, &s.scenario, config, None, s).await?;
     println!("{} {}: {t:?}", s.provider.name(), s.scenario);
