@@ -101,11 +101,10 @@ impl Guard<'_> {
     /// does not depend on the values.
     async fn check_generic(&mut self, name: &'static str, params: usize) {
         let sql = render(Self::template(name), &self.schema);
-        let nulls = vec!["NULL"; params].join(", ");
         let args = if params == 0 {
             String::new()
         } else {
-            format!("({nulls})")
+            format!("({})", vec!["NULL"; params].join(", "))
         };
         self.tx
             .batch_execute(&format!(

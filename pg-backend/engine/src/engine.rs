@@ -270,11 +270,7 @@ impl<S: Open> Engine<S> {
 /// [`Engine::close`] does the same and waits for it.
 impl<S: Store> Drop for Engine<S> {
     fn drop(&mut self) {
-        let work: Vec<String> = self
-            .prefetch
-            .lock()
-            .map(|mut p| p.drain().into_iter().map(|r| r.token).collect())
-            .unwrap_or_default();
+        let work = self.close_held();
         if work.is_empty() || tokio::runtime::Handle::try_current().is_err() {
             return;
         }

@@ -18,19 +18,7 @@ impl<S: Store> Engine<S> {
     /// afterwards, without claims made ahead; a claim an ack still in flight
     /// makes is given back at once, on a task of its own.
     pub async fn close(&self) -> usize {
-        // Under the buffer's lock, so a claim is either drained here or
-        // held after the flag is set (and given back by `hold`).
-        let held: Vec<String> = self
-            .prefetch
-            .lock()
-            .map(|mut p| {
-                self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-                p.drain().into_iter().map(|r| r.token).collect()
-            })
-            .unwrap_or_else(|_| {
-                self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-                Vec::new()
-            });
+        let held = self.close_held();
         let n = held.len();
         let (policy, classify) = (self.config.retry, self.classify);
         futures::future::join_all(
@@ -39,6 +27,17 @@ impl<S: Store> Engine<S> {
         )
         .await;
         n
+    }
+
+    /// Stop claiming ahead and take every held claim's token out of the
+    /// buffer (to give back). The flag is set under the buffer's lock, so a
+    /// claim is either taken here or, held after it, given back by `hold`.
+    pub(super) fn close_held(&self) -> Vec<String> {
+        let buffer = self.prefetch.lock();
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        buffer
+            .map(|mut p| p.drain().into_iter().map(|r| r.token).collect())
+            .unwrap_or_default()
     }
 
     /// A held claim that a fetch of kind `key` (of `family`) may take.
