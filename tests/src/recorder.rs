@@ -1,4 +1,6 @@
-//! A `Provider` wrapper that records each orchestration turn — from the
+//! A `Provider` wrapper that tells an observer of the calls it delegates
+//! ([`Observed`]), and the observer that records each orchestration turn
+//! ([`Turns`]) — from the
 //! moment a fetch handed an instance out to the moment its ack or abandon
 //! was called — so tests can prove that no two processes ever worked on one
 //! instance at once.
@@ -17,7 +19,7 @@ use duroxide::providers::{
 use duroxide::{Event, SystemStats};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// One orchestration turn as seen by one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,49 +84,107 @@ pub fn overlaps(turns: &[Turn]) -> Vec<(Turn, Turn)> {
     found
 }
 
-/// Records turns of the provider it wraps; every call is delegated.
-pub struct TurnRecorder<P: Provider> {
-    inner: Arc<P>,
-    open: Mutex<HashMap<String, (String, u128)>>,
-    done: Mutex<Vec<Turn>>,
+/// Which provider call an [`Observer`] is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// `fetch_orchestration_item`.
+    FetchOrchestration,
+    /// `ack_orchestration_item`.
+    AckOrchestration,
+    /// `abandon_orchestration_item`.
+    AbandonOrchestration,
+    /// `fetch_work_item`.
+    FetchWork,
+    /// `ack_work_item`.
+    AckWork,
+    /// `abandon_work_item`.
+    AbandonWork,
+    /// `enqueue_for_orchestrator` (a client's start, raise or cancel).
+    EnqueueOrchestrator,
+    /// `read`.
+    Read,
 }
 
-impl<P: Provider> TurnRecorder<P> {
+/// One provider call, told to an [`Observer`] when it returned.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    /// Which call.
+    pub kind: CallKind,
+    /// The lock token it acked or abandoned, or the one a fetch handed out.
+    pub token: Option<&'a str>,
+    /// The instance an orchestration fetch handed out.
+    pub instance: Option<&'a str>,
+    /// When it was made.
+    pub sent: Instant,
+    /// When it was made, in ns since the epoch (comparable across processes).
+    pub sent_ns: u128,
+    /// When it returned.
+    pub returned: Instant,
+    /// When it returned, in ns since the epoch.
+    pub returned_ns: u128,
+    /// Whether it returned `Ok`.
+    pub ok: bool,
+    /// Whether it was a fetch that handed something out.
+    pub got: bool,
+}
+
+/// Told of the calls an [`Observed`] provider makes.
+pub trait Observer: Send + Sync + 'static {
+    /// `call` just returned.
+    fn observe(&self, call: &Call<'_>);
+}
+
+/// A provider that delegates every call to `inner` and tells `observer` of
+/// the fetches, acks, abandons, enqueues and reads it made.
+pub struct Observed<P: ?Sized, O> {
+    inner: Arc<P>,
+    observer: O,
+}
+
+impl<P: Provider + ?Sized, O: Observer> Observed<P, O> {
     /// Wrap `inner`.
-    pub fn new(inner: Arc<P>) -> Self {
-        Self {
-            inner,
-            open: Mutex::new(HashMap::new()),
-            done: Mutex::new(Vec::new()),
-        }
+    pub fn new(inner: Arc<P>, observer: O) -> Self {
+        Self { inner, observer }
     }
 
-    /// Every finished turn so far.
-    pub fn turns(&self) -> Vec<Turn> {
-        self.done.lock().map(|d| d.clone()).unwrap_or_default()
+    /// The observer.
+    pub fn observer(&self) -> &O {
+        &self.observer
     }
 
-    fn opened(&self, token: &str, instance: &str) {
-        if let Ok(mut open) = self.open.lock() {
-            open.insert(token.to_string(), (instance.to_string(), now_ns()));
-        }
+    /// Run `f`, then tell the observer; `what` reads the token, the
+    /// instance and whether a fetch got something from the result.
+    async fn watched<T>(
+        &self,
+        kind: CallKind,
+        token: Option<&str>,
+        f: impl std::future::Future<Output = Result<T, ProviderError>>,
+        what: impl Fn(&T) -> (Option<&str>, Option<&str>, bool),
+    ) -> Result<T, ProviderError> {
+        let (sent, sent_ns) = (Instant::now(), now_ns());
+        let result = f.await;
+        let (got_token, instance, got) = result.as_ref().map_or((None, None, false), &what);
+        self.observer.observe(&Call {
+            kind,
+            token: token.or(got_token),
+            instance,
+            sent,
+            sent_ns,
+            returned: Instant::now(),
+            returned_ns: now_ns(),
+            ok: result.is_ok(),
+            got,
+        });
+        result
     }
+}
 
-    fn closed(&self, token: &str, end_ns: u128, ok: bool) {
-        let started = self.open.lock().ok().and_then(|mut o| o.remove(token));
-        if let (Some((instance, start_ns)), Ok(mut done)) = (started, self.done.lock()) {
-            done.push(Turn {
-                instance,
-                start_ns,
-                end_ns,
-                ok,
-            });
-        }
-    }
+fn nothing<T>(_: &T) -> (Option<&str>, Option<&str>, bool) {
+    (None, None, false)
 }
 
 #[async_trait]
-impl<P: Provider> Provider for TurnRecorder<P> {
+impl<P: Provider + ?Sized, O: Observer> Provider for Observed<P, O> {
     fn name(&self) -> &str {
         self.inner.name()
     }
@@ -139,14 +199,12 @@ impl<P: Provider> Provider for TurnRecorder<P> {
         poll_timeout: Duration,
         filter: Option<&DispatcherCapabilityFilter>,
     ) -> Result<Option<(OrchestrationItem, String, u32)>, ProviderError> {
-        let got = self
-            .inner
-            .fetch_orchestration_item(lock_timeout, poll_timeout, filter)
-            .await?;
-        if let Some((item, token, _)) = &got {
-            self.opened(token, &item.instance);
-        }
-        Ok(got)
+        let fetch = self.inner.fetch_orchestration_item(lock_timeout, poll_timeout, filter);
+        self.watched(CallKind::FetchOrchestration, None, fetch, |got| match got {
+            Some((item, token, _)) => (Some(token.as_str()), Some(item.instance.as_str()), true),
+            None => (None, None, false),
+        })
+        .await
     }
 
     async fn ack_orchestration_item(
@@ -159,21 +217,17 @@ impl<P: Provider> Provider for TurnRecorder<P> {
         metadata: ExecutionMetadata,
         cancelled_activities: Vec<ScheduledActivityIdentifier>,
     ) -> Result<(), ProviderError> {
-        let end_ns = now_ns();
-        let result = self
-            .inner
-            .ack_orchestration_item(
-                lock_token,
-                execution_id,
-                history_delta,
-                worker_items,
-                orchestrator_items,
-                metadata,
-                cancelled_activities,
-            )
-            .await;
-        self.closed(lock_token, end_ns, result.is_ok());
-        result
+        let ack = self.inner.ack_orchestration_item(
+            lock_token,
+            execution_id,
+            history_delta,
+            worker_items,
+            orchestrator_items,
+            metadata,
+            cancelled_activities,
+        );
+        self.watched(CallKind::AckOrchestration, Some(lock_token), ack, nothing)
+            .await
     }
 
     async fn abandon_orchestration_item(
@@ -182,17 +236,14 @@ impl<P: Provider> Provider for TurnRecorder<P> {
         delay: Option<Duration>,
         ignore_attempt: bool,
     ) -> Result<(), ProviderError> {
-        let end_ns = now_ns();
-        let result = self
-            .inner
-            .abandon_orchestration_item(lock_token, delay, ignore_attempt)
-            .await;
-        self.closed(lock_token, end_ns, result.is_ok());
-        result
+        let abandon = self.inner.abandon_orchestration_item(lock_token, delay, ignore_attempt);
+        self.watched(CallKind::AbandonOrchestration, Some(lock_token), abandon, nothing)
+            .await
     }
 
     async fn read(&self, instance: &str) -> Result<Vec<Event>, ProviderError> {
-        self.inner.read(instance).await
+        self.watched(CallKind::Read, None, self.inner.read(instance), nothing)
+            .await
     }
 
     async fn read_with_execution(&self, instance: &str, execution_id: u64) -> Result<Vec<Event>, ProviderError> {
@@ -221,13 +272,19 @@ impl<P: Provider> Provider for TurnRecorder<P> {
         session: Option<&SessionFetchConfig>,
         tag_filter: &TagFilter,
     ) -> Result<Option<(WorkItem, String, u32)>, ProviderError> {
-        self.inner
-            .fetch_work_item(lock_timeout, poll_timeout, session, tag_filter)
-            .await
+        let fetch = self
+            .inner
+            .fetch_work_item(lock_timeout, poll_timeout, session, tag_filter);
+        self.watched(CallKind::FetchWork, None, fetch, |got| match got {
+            Some((_, token, _)) => (Some(token.as_str()), None, true),
+            None => (None, None, false),
+        })
+        .await
     }
 
     async fn ack_work_item(&self, token: &str, completion: Option<WorkItem>) -> Result<(), ProviderError> {
-        self.inner.ack_work_item(token, completion).await
+        let ack = self.inner.ack_work_item(token, completion);
+        self.watched(CallKind::AckWork, Some(token), ack, nothing).await
     }
 
     async fn renew_work_item_lock(&self, token: &str, extend_for: Duration) -> Result<(), ProviderError> {
@@ -253,7 +310,8 @@ impl<P: Provider> Provider for TurnRecorder<P> {
         delay: Option<Duration>,
         ignore_attempt: bool,
     ) -> Result<(), ProviderError> {
-        self.inner.abandon_work_item(token, delay, ignore_attempt).await
+        let abandon = self.inner.abandon_work_item(token, delay, ignore_attempt);
+        self.watched(CallKind::AbandonWork, Some(token), abandon, nothing).await
     }
 
     async fn renew_orchestration_item_lock(&self, token: &str, extend_for: Duration) -> Result<(), ProviderError> {
@@ -261,7 +319,9 @@ impl<P: Provider> Provider for TurnRecorder<P> {
     }
 
     async fn enqueue_for_orchestrator(&self, item: WorkItem, delay: Option<Duration>) -> Result<(), ProviderError> {
-        self.inner.enqueue_for_orchestrator(item, delay).await
+        let enqueue = self.inner.enqueue_for_orchestrator(item, delay);
+        self.watched(CallKind::EnqueueOrchestrator, None, enqueue, nothing)
+            .await
     }
 
     fn as_management_capability(&self) -> Option<&dyn ProviderAdmin> {
@@ -288,6 +348,48 @@ impl<P: Provider> Provider for TurnRecorder<P> {
         self.inner.get_instance_stats(instance).await
     }
 }
+
+/// Records orchestration turns: each from the return of the fetch that
+/// handed its instance out to the moment its ack or abandon was called.
+#[derive(Default)]
+pub struct Turns {
+    open: Mutex<HashMap<String, (String, u128)>>,
+    done: Mutex<Vec<Turn>>,
+}
+
+impl Turns {
+    /// Every finished turn so far.
+    pub fn turns(&self) -> Vec<Turn> {
+        self.done.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+}
+
+impl Observer for Turns {
+    fn observe(&self, call: &Call<'_>) {
+        match (call.kind, call.token) {
+            (CallKind::FetchOrchestration, Some(token)) if call.got => {
+                if let (Some(instance), Ok(mut open)) = (call.instance, self.open.lock()) {
+                    open.insert(token.to_string(), (instance.to_string(), call.returned_ns));
+                }
+            }
+            (CallKind::AckOrchestration | CallKind::AbandonOrchestration, Some(token)) => {
+                let started = self.open.lock().ok().and_then(|mut o| o.remove(token));
+                if let (Some((instance, start_ns)), Ok(mut done)) = (started, self.done.lock()) {
+                    done.push(Turn {
+                        instance,
+                        start_ns,
+                        end_ns: call.sent_ns,
+                        ok: call.ok,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A provider whose orchestration turns are recorded (see [`Turns`]).
+pub type TurnRecorder<P> = Observed<P, Turns>;
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,8 @@
 //!
 //! ```sh
 //! cargo run -p duropg-bench --release -- compare [--rounds 3] [--duration 10] [--latency-runs 200] [--write-doc docs/benchmarks.md]
-//! cargo run -p duropg-bench --release -- one --scenario std|high|bare|latency|probe --provider duropg|duroxide-pg [--duration 10]
+//! cargo run -p duropg-bench --release -- one --scenario std|high|bare|latency|probe|timeline|slots --provider duropg|duroxide-pg \
+//!     [--duration 10] [--of std|high|bare]
 //! cargo run -p duropg-bench --release -- scale [--rounds 3] [--duration 10] [--latency-runs 200] \
 //!     [--finished 1000000] [--sleeping 100000] [--sessions 10000] [--write-md PATH]
 //! ```
@@ -21,6 +22,7 @@ mod report;
 mod scale;
 mod scenarios;
 mod seed;
+mod timeline;
 mod turns;
 
 use duropg_tests::scale::Scale;
@@ -59,8 +61,11 @@ pub struct Settings {
     pub write_doc: Option<String>,
     /// What `scale` seeds.
     pub scale: Scale,
-    /// `one`: which scenario (`std`, `high`, `bare`, `latency` or `probe`).
+    /// `one`: which scenario (`std`, `high`, `bare`, `latency`, `probe`,
+    /// `timeline` or `slots`).
     pub scenario: String,
+    /// `one --scenario slots`: which stress scenario to record (`--of`).
+    pub slots_of: String,
     /// `one`: which provider.
     pub provider: Kind,
 }
@@ -84,6 +89,7 @@ fn apply(s: &mut Settings, flag: &str, value: String) -> Result<(), String> {
         (Command::Scale, "--sleeping") => s.scale.sleeping = number(flag, value)?,
         (Command::Scale, "--sessions") => s.scale.idle_sessions = number(flag, value)?,
         (Command::One, "--scenario") => s.scenario = value,
+        (Command::One, "--of") => s.slots_of = value,
         (Command::One, "--provider") => {
             s.provider = [Kind::Duropg, Kind::DuroxidePg]
                 .into_iter()
@@ -119,6 +125,7 @@ fn parse_args() -> Result<Settings, String> {
         write_doc: None,
         scale: Scale::PRODUCTION,
         scenario: "std".into(),
+        slots_of: "std".into(),
         provider: Kind::Duropg,
     };
     while let Some(flag) = args.next() {
@@ -198,6 +205,12 @@ async fn run(settings: &Settings) -> Result<(), String> {
 async fn one(s: &Settings) -> Result<(), String> {
     if s.scenario == "probe" {
         return probe::run(&s.url, s.latency_runs).await;
+    }
+    if s.scenario == "slots" {
+        return timeline::slots(s.provider, s).await;
+    }
+    if s.scenario == "timeline" {
+        return timeline::run(s.provider, s).await;
     }
     if s.scenario == "latency" {
         let l = scenarios::latency(s.provider, 1, None, s).await?;

@@ -338,14 +338,15 @@ const CEILINGS: &str = "## What bounds these scenarios\n\n\
     **40/s at 2/2 and 160/s at 8/8**. At 2/2 each slot's cycle is the 10 ms \
     sleep (rounded up by the timer) plus at least one durable commit (the ack) and \
     the runtime's own work; the slot floor at the end of this section gives the \
-    bound that leaves on this machine. At 8/8 the two \
-    cores are nearly saturated (vmstat showed about a quarter of the CPU idle \
-    during a duropg run): PostgreSQL, the runtime and the stress test's client \
-    share them (about 70% of the busy CPU went to PostgreSQL), so throughput \
-    follows the CPU each orchestration costs, and the figures move with the \
-    neighbours' load on a shared machine — read the ratio, not the absolute \
-    numbers. A ratio of 2 at 8/8 is out of reach whenever duroxide-pg runs \
-    above 80/s, half the 160/s bound. The \"0 ms activities\" rows run the 8/8 \
+    bound that leaves on this machine. At 8/8 the same holds while the two \
+    cores have room: each of the 8 slots still runs one activity and one ack \
+    at a time, and \"Where a worker slot's time goes\" below shows the slot \
+    cycle accounting for the throughput at both 2/2 and 8/8. PostgreSQL, the \
+    runtime and the stress test's client share the two cores (PostgreSQL takes \
+    most of the CPU, as the CPU rows show), so an ack waits longer as the load \
+    grows, and the figures move with the neighbours' load on a shared machine \
+    — read the ratio, not the absolute numbers. A ratio of 2 at 8/8 is out of \
+    reach whenever duroxide-pg runs above 80/s, half the 160/s bound. The \"0 ms activities\" rows run the 8/8 \
     config with activities that return at once, so no slot bound applies and \
     the figures show what each provider itself costs.\n\n\
     Transactions per orchestration have a floor for this workload: the start \

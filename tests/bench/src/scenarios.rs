@@ -156,7 +156,11 @@ struct Factory {
     schema: String,
     seed: Option<Seed>,
     created: Mutex<Vec<String>>,
+    wrap: Option<Wrap>,
 }
+
+/// Wraps each provider the stress factory makes (to record its calls).
+pub type Wrap = Arc<dyn Fn(Arc<dyn Provider>) -> Arc<dyn Provider> + Send + Sync>;
 
 #[async_trait]
 impl ProviderStressFactory for Factory {
@@ -168,7 +172,10 @@ impl ProviderStressFactory for Factory {
             name
         };
         match prepared(self.kind, &self.url, &schema, self.seed.as_ref()).await {
-            Ok(p) => p,
+            Ok(p) => match &self.wrap {
+                Some(wrap) => wrap(p),
+                None => p,
+            },
             Err(e) => panic!("creating the {} provider: {e}", self.kind.name()),
         }
     }
@@ -184,12 +191,26 @@ pub async fn throughput(
     seed: Option<&Seed>,
     s: &Settings,
 ) -> Result<Throughput, String> {
+    throughput_wrapped(kind, round, label, config, seed, None, s).await
+}
+
+/// [`throughput`], with each provider the scenario makes wrapped by `wrap`.
+pub async fn throughput_wrapped(
+    kind: Kind,
+    round: usize,
+    label: &str,
+    config: StressTestConfig,
+    seed: Option<&Seed>,
+    wrap: Option<Wrap>,
+    s: &Settings,
+) -> Result<Throughput, String> {
     let factory = Factory {
         kind,
         url: s.url.clone(),
         schema: format!("bench_{}_{label}_r{round}", kind.tag()),
         seed: seed.cloned(),
         created: Mutex::new(Vec::new()),
+        wrap,
     };
     let tasks = config.tasks_per_instance as f64;
     let run = async {
@@ -206,7 +227,7 @@ pub async fn throughput(
     Ok(Throughput::new(done, r.launched as f64, tasks, r.total_time, counts))
 }
 
-fn one_activity() -> (ActivityRegistry, OrchestrationRegistry) {
+pub fn one_activity() -> (ActivityRegistry, OrchestrationRegistry) {
     let activities = ActivityRegistry::builder()
         .register("Echo", |_ctx: ActivityContext, s: String| async move { Ok(s) })
         .build();
@@ -219,7 +240,7 @@ fn one_activity() -> (ActivityRegistry, OrchestrationRegistry) {
 }
 
 /// Start one orchestration and wait for its completion, polling every millisecond.
-async fn timed_run(client: &Client, instance: &str, name: &str, input: String) -> Result<Duration, String> {
+pub async fn timed_run(client: &Client, instance: &str, name: &str, input: String) -> Result<Duration, String> {
     let started = Instant::now();
     client
         .start_orchestration(instance, name, input)

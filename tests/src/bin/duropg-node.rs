@@ -9,7 +9,7 @@
 //!   turn (`turn …`) and every activity run count (`run …`).
 
 use duropg::PgProvider;
-use duropg_tests::recorder::TurnRecorder;
+use duropg_tests::recorder::{Observed, Turns};
 use duropg_tests::workload::{self, RunLog};
 use duroxide::runtime::{Runtime, RuntimeOptions};
 use std::io::{BufRead, Read};
@@ -58,7 +58,7 @@ async fn work(url: &str, schema: &str) -> bool {
             return false;
         }
     };
-    let recorder = Arc::new(TurnRecorder::new(provider));
+    let recorder = Arc::new(Observed::new(provider, Turns::default()));
     let log = RunLog::default();
     let options = RuntimeOptions {
         orchestration_concurrency: 2,
@@ -75,7 +75,7 @@ async fn work(url: &str, schema: &str) -> bool {
     println!("running");
     stdin_closed().await;
     runtime.shutdown(Some(2_000)).await;
-    for turn in recorder.turns() {
+    for turn in recorder.observer().turns() {
         println!("turn {}", turn.to_line());
     }
     for ((instance, step), n) in log.counts() {
