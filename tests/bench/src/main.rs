@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run -p duropg-bench --release -- compare [--rounds 3] [--duration 10] [--latency-runs 200] [--write-doc docs/benchmarks.md]
-//! cargo run -p duropg-bench --release -- one --scenario std|high|bare|latency|probe|timeline|slots --provider duropg|duroxide-pg \
+//! cargo run -p duropg-bench --release -- one --scenario std|high|bare|cost|latency|probe|timeline|slots --provider duropg|duroxide-pg \
 //!     [--duration 10] [--of std|high|bare]
 //! cargo run -p duropg-bench --release -- scale [--rounds 3] [--duration 10] [--latency-runs 200] \
 //!     [--finished 1000000] [--sleeping 100000] [--sessions 10000] [--write-md PATH]
@@ -61,8 +61,8 @@ pub struct Settings {
     pub write_doc: Option<String>,
     /// What `scale` seeds.
     pub scale: Scale,
-    /// `one`: which scenario (`std`, `high`, `bare`, `latency`, `probe`,
-    /// `timeline` or `slots`).
+    /// `one`: which scenario (`std`, `high`, `bare`, `cost` (runtime only),
+    /// `latency`, `probe`, `timeline` or `slots`).
     pub scenario: String,
     /// `one --scenario slots`: which stress scenario to record (`--of`).
     pub slots_of: String,
@@ -211,6 +211,11 @@ async fn one(s: &Settings) -> Result<(), String> {
     }
     if s.scenario == "timeline" {
         return timeline::run(s.provider, s).await;
+    }
+    if s.scenario == "cost" {
+        let t = scenarios::provider_cost(s.provider, 1, s).await?;
+        println!("{} cost: {t:?}", s.provider.name());
+        return Ok(());
     }
     if s.scenario == "latency" {
         let l = scenarios::latency(s.provider, 1, None, s).await?;

@@ -345,7 +345,7 @@ const COST_FAN_OUT: usize = 5;
 /// flight, 2/2 dispatchers, with completion noticed in-process (the
 /// orchestration records itself when it returns) instead of by polling the
 /// database, so only the runtime's transactions are counted.
-async fn provider_cost(kind: Kind, round: usize, s: &Settings) -> Result<Throughput, String> {
+pub async fn provider_cost(kind: Kind, round: usize, s: &Settings) -> Result<Throughput, String> {
     let schema = format!("bench_{}_cost_r{round}", kind.tag());
     let store = provider(kind, &s.url, &schema).await?;
     let done: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
