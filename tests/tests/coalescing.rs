@@ -231,3 +231,102 @@ async fn a_zero_window_wakes_for_every_completion_at_once() {
         vec![id]
     );
 }
+
+/// A claim that takes an instance whose completion still waits for its
+/// window must not use up the wake-up of another instance's message. Here
+/// a waiting fetch is woken by x's last completion but claims y (whose
+/// deferred completion is older); its next fetch must still find x. Before
+/// the claim sent y's wake-up itself, the engine counted the claim of y
+/// against x's announcement, took the queue for empty, and x waited for the
+/// re-check (60 s here; a second by default — the benchmark's fan-ins that
+/// sometimes finished a second late).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claiming_a_deferred_instance_leaves_another_instances_wake_up_standing() {
+    let schema = TestSchema::new("coalesce_steal");
+    // A window far longer than the test: y's wake-up stays pending.
+    let p = with_window(&schema, Duration::from_secs(60)).await;
+    fan_out_of_two(&p, "y").await;
+    fan_out_of_two(&p, "x").await;
+    let mut tokens = Vec::new();
+    for _ in 0..4 {
+        tokens.push(claim_activity(&p).await);
+    }
+    let token = |instance_first: bool, id: u64| {
+        // Claimed in queue order: y's two activities, then x's.
+        let at = if instance_first { 0 } else { 2 } + usize::try_from(id - 1).unwrap();
+        assert_eq!(tokens[at].0, id, "activities are claimed in queue order");
+        tokens[at].1.clone()
+    };
+    let waiter = waiting_fetch(&p, LONG_POLL).await;
+    // y's first completion waits for its window (activity 2 is outstanding).
+    p.ack_work_item(&token(true, 1), Some(completed("y", 1))).await.unwrap();
+    // x's two completions: the last one wakes the waiting fetch at once.
+    p.ack_work_item(&token(false, 1), Some(completed("x", 1)))
+        .await
+        .unwrap();
+    p.ack_work_item(&token(false, 2), Some(completed("x", 2)))
+        .await
+        .unwrap();
+    let (item, turn, _) = waiter
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("x's last completion woke the fetch");
+    assert_eq!(item.instance, "y", "the oldest claimable message is y's");
+    assert_eq!(completion_ids(&item.messages), vec![1]);
+    // y's turn commits; it makes nothing visible.
+    p.ack_orchestration_item(&turn, 1, vec![], vec![], vec![], ExecutionMetadata::default(), vec![])
+        .await
+        .unwrap();
+    let (item, _, _) = p
+        .fetch_orchestration_item(LOCK, Duration::from_secs(3), None)
+        .await
+        .unwrap()
+        .expect("x's completions are claimable and were announced: the next fetch finds them");
+    assert_eq!(item.instance, "x");
+    assert_eq!(completion_ids(&item.messages), vec![1, 2]);
+}
+
+/// A completion whose instance is locked announces nothing: the lock
+/// holder's ack announces what arrived during its turn — but only what its
+/// own statement sees, and a completion that commits while that ack is
+/// committing is seen by neither. The completion therefore also leaves a
+/// wake-up to the window. Here the lock goes away without any ack (deleted
+/// behind the provider's back, as by the turn whose ack missed the
+/// completion), and the waiting fetch is still woken within the window; the
+/// provider re-checks only every 60 s, so nothing else could wake it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_that_finds_its_instance_locked_wakes_one_window_later() {
+    let schema = TestSchema::new("coalesce_locked");
+    let p = with_window(&schema, Duration::from_secs(2)).await;
+    fan_out_of_two(&p, "c").await;
+    let (first, first_token) = claim_activity(&p).await;
+    let (second, second_token) = claim_activity(&p).await;
+    // Lock the instance: a turn for activity 1's completion.
+    p.ack_work_item(&first_token, Some(completed("c", first)))
+        .await
+        .unwrap();
+    let (_, _turn, _) = p
+        .fetch_orchestration_item(LOCK, Duration::ZERO, None)
+        .await
+        .unwrap()
+        .expect("the first completion is claimable");
+    let waiter = waiting_fetch(&p, LONG_POLL).await;
+    // The last completion arrives while the instance is locked.
+    p.ack_work_item(&second_token, Some(completed("c", second)))
+        .await
+        .unwrap();
+    duropg_tests::admin()
+        .await
+        .batch_execute(&format!(
+            "DELETE FROM \"{}\".instance_locks WHERE instance_id = 'c'",
+            schema.name()
+        ))
+        .await
+        .unwrap();
+    // The unacked turn's message comes back with it.
+    assert_eq!(
+        woken_with(waiter, "the completion that found its instance locked woke a fetch").await,
+        vec![first, second]
+    );
+}

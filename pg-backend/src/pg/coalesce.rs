@@ -11,7 +11,14 @@
 //! between activities) starts up to one window later.
 //!
 //! One wake-up per instance is pending at a time, and it is dropped when
-//! the instance is claimed or announced another way first.
+//! the instance is announced another way first. When a claim takes the
+//! instance first, the wake-up is sent at once instead (see
+//! `PgStore::settle_claimed`): the message was claimable but unannounced,
+//! so the fetcher that claimed it may have been woken for another
+//! instance's message, which would otherwise wait for the next re-check.
+//! A message that arrives while its instance is locked uses the same
+//! pending wake-up (see `PgStore::locked_arrival`): the lock holder's ack
+//! announces it if it saw it (and settles it), else the window's end does.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -50,8 +57,9 @@ impl Coalescer {
     }
 
     /// `instance` was claimed or announced: its pending wake-up is moot.
-    pub fn settle(&self, instance: &str) {
-        self.with(|p| p.remove(instance));
+    /// `true` if one was pending.
+    pub fn settle(&self, instance: &str) -> bool {
+        self.with(|p| p.remove(instance))
     }
 
     /// The window ended: `true` if the wake-up is still wanted.
@@ -88,7 +96,8 @@ mod tests {
     fn a_claim_or_announcement_settles_the_pending_wake() {
         let c = Coalescer::new(Duration::from_millis(25));
         assert!(c.defer("a"));
-        c.settle("a");
+        assert!(c.settle("a"), "a wake-up was pending");
+        assert!(!c.settle("a"), "and is no longer");
         assert!(!c.due("a"), "the claim took the message; no wake-up is needed");
     }
 

@@ -316,10 +316,24 @@ impl PgStore {
         });
     }
 
-    /// `instance` was claimed or announced: no coalesced wake-up is needed.
+    /// `instance` was announced another way: no coalesced wake-up is needed.
     pub(crate) fn settle_wake(&self, instance: &str) {
         if self.coalescer.enabled() {
             self.coalescer.settle(instance);
+        }
+    }
+
+    /// `instance` was claimed. A coalesced wake-up still pending for it is
+    /// moot for it, but its message was claimable and never announced: the
+    /// fetcher that claimed it may have been woken by another instance's
+    /// announcement, and the engine's empty-queue accounting counts this
+    /// claim against that one. Dropping the wake-up would leave the other
+    /// message unseen by every idle fetcher until the re-check (a second
+    /// by default); sending it now lets one more fetcher look.
+    pub(crate) fn settle_claimed(&self, instance: &str) {
+        if self.coalescer.enabled() && self.coalescer.settle(instance) {
+            self.signals.wake(QueueKind::Orchestrator, 1);
+            duropg_engine::metrics::wakeups_sent(QueueKind::Orchestrator, 1);
         }
     }
 

@@ -68,7 +68,23 @@ impl PgStore {
             .write_once(self.message_stmt(&self.sql.enqueue_orchestrator, Some(row), false))
             .await?;
         self.wake_announced(QueueKind::Orchestrator, &announced);
+        if announced.first().and_then(|r| r.try_get::<_, i32>(0).ok()) == Some(0) {
+            self.locked_arrival(row);
+        }
         Ok(())
+    }
+
+    /// `row` committed for an instance that was locked when its statement
+    /// ran (so it announced nothing) — or not visible yet, which needs no
+    /// wake-up. The lock holder's ack announces what arrived meanwhile, but
+    /// only what its own statement sees: a message that commits while that
+    /// ack is committing is seen by neither side. One wake-up a coalescing
+    /// window later (in this process, and by `NOTIFY` in others) covers
+    /// it; a claim or an announcement of the instance before then settles it.
+    pub(super) fn locked_arrival(&self, row: &OrchRow) {
+        if row.visibility == Visibility::Now {
+            self.wake_after_window(&row.instance);
+        }
     }
 
     /// `claim_instance` for `claim` and the four reads that follow it in
@@ -113,7 +129,7 @@ impl PgStore {
             let due = col::<Option<i64>>(first, 2, "orchestrator_queue", &|| "next visible".into())?;
             return Ok(Claimed::Nothing { raced, due });
         };
-        self.settle_wake(&instance);
+        self.settle_claimed(&instance);
         let now_ms = uint(col(first, 1, "instance_locks", &key)?);
         Ok(Claimed::Instance(Box::new(claimed_batch(
             &instance,

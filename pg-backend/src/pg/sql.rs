@@ -96,7 +96,9 @@ statements! {
     /// The `state` and `announce` CTEs are the same text in
     /// `complete_work` (a test holds them equal): a message is announced
     /// when it is claimable at once — visible now, and its instance not
-    /// locked (the lock holder's ack announces what arrived meanwhile) —
+    /// locked (the lock holder's ack announces what arrived meanwhile, and
+    /// the store wakes one window later for what that ack may not have
+    /// seen: `PgStore::locked_arrival`) —
     /// unless $7 (an activity's completion) is set and other activities of
     /// the instance are still in the worker queue (`d`: the rows this
     /// statement deletes, which are no siblings), whose completions can

@@ -78,6 +78,15 @@ impl PgStore {
         // What the turn made visible, including messages that arrived while
         // the instance was locked (claimable now that it is not).
         self.wake_announced(QueueKind::Orchestrator, &results[notify_at]);
+        let announced = results[notify_at].first().and_then(|r| r.try_get::<_, i32>(0).ok());
+        if announced
+            .and_then(|n| usize::try_from(n).ok())
+            .is_some_and(|n| n > orchestrator_now)
+        {
+            // Messages for this instance arrived during the turn and were
+            // announced: a wake-up their writers left to the window is moot.
+            self.settle_wake(&plan.instance);
+        }
         if workers > 0 {
             self.wake_announced(QueueKind::Worker, &results[notify_at + 1]);
         }

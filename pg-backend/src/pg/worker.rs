@@ -184,7 +184,7 @@ impl PgStore {
                     self.settle_wake(&completion.instance);
                 }
                 (Ok(_), Ok(true)) => self.wake_after_window(&completion.instance),
-                (Ok(_), Ok(false)) => self.settle_wake(&completion.instance),
+                (Ok(_), Ok(false)) => self.locked_arrival(completion),
                 _ => self.signals.wake(QueueKind::Orchestrator, 1),
             }
         }
