@@ -516,15 +516,17 @@ impl PgStore {
     }
 
     /// Wake local fetchers for what committed notification statements
-    /// announced (first column: how many items).
-    pub(crate) fn wake_announced(&self, queue: QueueKind, rows: &[Row]) {
+    /// announced (first column: how many items); returns how many.
+    pub(crate) fn wake_announced(&self, queue: QueueKind, rows: &[Row]) -> usize {
         let n: i64 = rows
             .iter()
             .filter_map(|r| r.try_get::<_, i32>(0).ok())
             .map(i64::from)
             .sum();
-        duropg_engine::metrics::wakeups_sent(queue, u64::try_from(n).unwrap_or(0));
-        self.signals.wake(queue, usize::try_from(n).unwrap_or(0));
+        let n = usize::try_from(n).unwrap_or(0);
+        duropg_engine::metrics::wakeups_sent(queue, u64::try_from(n).unwrap_or(u64::MAX));
+        self.signals.wake(queue, n);
+        n
     }
 }
 

@@ -67,8 +67,7 @@ impl PgStore {
         let announced = self
             .write_once(self.message_stmt(&self.sql.enqueue_orchestrator, Some(row), false))
             .await?;
-        self.wake_announced(QueueKind::Orchestrator, &announced);
-        if announced.first().and_then(|r| r.try_get::<_, i32>(0).ok()) == Some(0) {
+        if self.wake_announced(QueueKind::Orchestrator, &announced) == 0 {
             self.locked_arrival(row);
         }
         Ok(())

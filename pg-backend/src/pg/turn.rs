@@ -77,12 +77,7 @@ impl PgStore {
         self.commit(&mut conn, Some(xid)).await?;
         // What the turn made visible, including messages that arrived while
         // the instance was locked (claimable now that it is not).
-        self.wake_announced(QueueKind::Orchestrator, &results[notify_at]);
-        let announced = results[notify_at].first().and_then(|r| r.try_get::<_, i32>(0).ok());
-        if announced
-            .and_then(|n| usize::try_from(n).ok())
-            .is_some_and(|n| n > orchestrator_now)
-        {
+        if self.wake_announced(QueueKind::Orchestrator, &results[notify_at]) > orchestrator_now {
             // Messages for this instance arrived during the turn and were
             // announced: a wake-up their writers left to the window is moot.
             self.settle_wake(&plan.instance);
