@@ -169,7 +169,7 @@ pub struct Ledger {
     lost: std::collections::BTreeSet<String>,
     /// Leases that ran out unhanded: when, pending a retry by the same token.
     unhanded: BTreeMap<String, u64>,
-    /// The last time a claim ran under each token.
+    /// The last time a claim, or a give-back, ran under each token.
     claim_attempts: BTreeMap<String, u64>,
     /// Since when each claimable message or activity has waited (by queue and id).
     waiting: BTreeMap<(u8, i64), u64>,
@@ -425,9 +425,18 @@ impl Ledger {
         self.claim_attempts.insert(token.to_string(), at_ms);
     }
 
+    /// A statement that gives back what `token` holds (an abandon or a lock
+    /// release) ran: the engine has not forgotten the claim, even when the
+    /// give-back reaches the server only as its lease ends — in the
+    /// simulated server every writer waits behind a session stuck in a
+    /// half-open transaction, so a give-back sent in time can arrive late.
+    pub fn release_attempt(&mut self, token: &str, at_ms: u64) {
+        self.claim_attempt(token, at_ms);
+    }
+
     /// A lease under `token` ran out. If no dispatcher was ever handed the
-    /// token, the claim is lost unless the engine is still retrying it (a
-    /// claim under the same token within [`RETRY_GRACE_MS`]).
+    /// token, the claim is lost unless the engine is still acting on it (a
+    /// claim or a give-back under the same token within [`RETRY_GRACE_MS`]).
     fn lease_ended(&mut self, token: &str, at_ms: u64) {
         if self.lost.contains(token) {
             return;
@@ -477,7 +486,7 @@ impl Ledger {
             }
             let origin = self.lock_origin.get(&token).map_or("", String::as_str);
             let detail = format!(
-                "a lease under {token} ({origin}) ran out at {ended} ms; the token was never handed to a dispatcher nor claimed with again"
+                "a lease under {token} ({origin}) ran out at {ended} ms; the token was never handed to a dispatcher, claimed with again, nor given back"
             );
             self.violate(Invariant::NoLostClaim, at_ms, detail);
         }
@@ -593,6 +602,23 @@ mod tests {
         retrying.claim_attempt("t", 900);
         retrying.check_claims(&state, 2_100, 100 + RETRY_GRACE_MS);
         assert!(retrying.findings.passed(), "the engine was still claiming with it");
+        let mut giving_back = Ledger::default();
+        giving_back.check_claims(&state, 2_000, 100);
+        giving_back.release_attempt("t", 150);
+        giving_back.check_claims(&state, 2_100, 100 + RETRY_GRACE_MS);
+        assert!(
+            giving_back.findings.passed(),
+            "a give-back that reached the server as the lease ended is not a forgotten claim"
+        );
+        let mut too_early = Ledger::default();
+        too_early.release_attempt("t", 0);
+        too_early.check_claims(&state, 2_000, 100 + RETRY_GRACE_MS + 1);
+        too_early.check_claims(&state, 2_100, 200 + 2 * RETRY_GRACE_MS + 1);
+        assert_eq!(
+            too_early.findings.violations[&Invariant::NoLostClaim].len(),
+            1,
+            "a give-back long before the lease ended that left it locked does not excuse it"
+        );
         let mut ok = Ledger::default();
         ok.handed.borrow_mut().insert("t".into(), 0);
         ok.check_claims(&state, 3_000, 3);

@@ -654,13 +654,19 @@ impl Server {
             None => self.read(model, &portal.params, now_ms),
         };
         self.reserve_ids(s);
-        let claim_token = match name {
-            "claim_instance" => portal.params.text(9),
-            "claim_work" => portal.params.text(6),
-            _ => None,
-        };
-        if let Some(token) = claim_token {
-            self.ledger.borrow_mut().claim_attempt(&token, sim_ms());
+        match name {
+            "claim_instance" | "claim_work" => {
+                let n = if name == "claim_instance" { 9 } else { 6 };
+                if let Some(token) = portal.params.text(n) {
+                    self.ledger.borrow_mut().claim_attempt(&token, sim_ms());
+                }
+            }
+            "abandon_work" | "delete_lock" => {
+                if let Some(token) = portal.params.text(1) {
+                    self.ledger.borrow_mut().release_attempt(&token, sim_ms());
+                }
+            }
+            _ => {}
         }
         match result {
             Ok(outcome) => {
