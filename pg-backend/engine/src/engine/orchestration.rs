@@ -107,10 +107,39 @@ impl<S: Store> Engine<S> {
                 }
                 FetchDecision::Empty => ReleaseKind::Unlock,
             };
-            self.call_idempotent(OP, || self.store.release_instance(&token, release))
-                .await?;
+            self.detached_release(OP, token, release).await?;
         }
         Ok(None)
+    }
+
+    /// Release a claimed instance that will not be delivered, on a task of
+    /// its own under the retry policy: a fetch dropped while it runs (the
+    /// runtime drops fetch futures) cannot cut it short and leave the
+    /// instance locked until its lease ends.
+    async fn detached_release(
+        &self,
+        operation: &'static str,
+        token: String,
+        kind: ReleaseKind,
+    ) -> Result<(), ProviderError> {
+        let (store, policy, classify) = (Arc::clone(&self.store), self.config.retry, self.classify);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (self.spawn)(Box::pin(async move {
+            let released = policy
+                .run_idempotent(classify, operation, || store.release_instance(&token, kind))
+                .await;
+            if let Err(fault) = &released {
+                tracing::warn!(operation, %fault, "could not release a claimed instance; it ends with its lease");
+            }
+            let _ = tx.send(released);
+        }));
+        match rx.await {
+            Ok(released) => released.map_err(|fault| self.fault_error(operation, &fault)),
+            Err(_) => Err(ProviderError::retryable(
+                operation,
+                "the release task ended without an answer",
+            )),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
