@@ -147,6 +147,8 @@ pub struct Engine<S: Store> {
     unresolved: Mutex<std::collections::HashSet<String>>,
     leases: Mutex<HashMap<String, Lease>>,
     empty: Mutex<HashMap<String, EmptyMark>>,
+    /// Generations for [`EmptyMark`]s.
+    marks_made: AtomicU64,
     stats: FetchStats,
     prefetch: Arc<Mutex<prefetch::Prefetch<crate::store::ClaimedWork, prefetch::Template>>>,
     /// The latest activity fetch (tags and lease), for claims a turn makes.
@@ -213,16 +215,39 @@ struct EmptyMark {
     /// Claims made since by this kind of claim that began after an item was
     /// announced past `epoch` (only those can have consumed one).
     claimed: u64,
+    /// Claims of this kind under way that began after an item was announced
+    /// past `epoch`: each will take one announced item or find the queue
+    /// empty, so a fetcher that arrives meanwhile need not look for it too.
+    pending: u64,
+    /// Tells this mark from the one a later empty look puts in its place,
+    /// so a claim under way counts only against the mark it began under.
+    generation: u64,
 }
 
 impl EmptyMark {
     /// Whether the queue is still known to be empty at `epoch`: every item
-    /// announced since the look was claimed since, the re-check is not due
-    /// and no message the look saw coming has become visible.
+    /// announced since the look was claimed since or is being claimed by a
+    /// claim under way, the re-check is not due and no message the look saw
+    /// coming has become visible.
     fn still_empty(&self, epoch: u64, now: Instant, recheck: Duration) -> bool {
-        epoch.saturating_sub(self.epoch) <= self.claimed
+        epoch.saturating_sub(self.epoch) <= self.claimed + self.pending
             && now < self.seen_at + recheck
             && self.due_at.is_none_or(|due| now < due)
+    }
+
+    /// A claim begins at `epoch`: counted as under way if it can take an
+    /// item announced past the mark. Returns whether it was counted.
+    fn claim_begins(&mut self, epoch: u64) -> bool {
+        let counted = epoch > self.epoch;
+        if counted {
+            self.pending += 1;
+        }
+        counted
+    }
+
+    /// A claim counted by [`EmptyMark::claim_begins`] ended.
+    fn claim_ends(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
     }
 
     /// A claim that began at `epoch` succeeded; see [`Engine::note_claimed`].
@@ -305,6 +330,7 @@ impl<S: Store> Engine<S> {
             unresolved: Mutex::new(std::collections::HashSet::new()),
             leases: Mutex::new(HashMap::new()),
             empty: Mutex::new(HashMap::new()),
+            marks_made: AtomicU64::new(0),
             stats: FetchStats::default(),
             prefetch: Arc::new(Mutex::new(prefetch::Prefetch::default())),
             last_work_fetch: Mutex::new(None),
@@ -686,11 +712,47 @@ impl<S: Store> Engine<S> {
     /// after one was announced; a claim already under way when the look
     /// found the queue empty took an item the look could not see (it was
     /// being locked), and counting it would hide the next announced item
-    /// from every idle fetcher until the re-check — a lost wake-up.
-    fn note_claimed(&self, queue: QueueKind, claim_key: &str, epoch: u64) {
+    /// from every idle fetcher until the re-check — a lost wake-up. A claim
+    /// counted as under way against this mark (`counted`: its generation)
+    /// stops being counted, in the same step, so no look in between sees
+    /// it twice.
+    fn note_claimed(&self, key: &str, epoch: u64, counted: Option<u64>) {
         if let Ok(mut marks) = self.empty.lock() {
-            if let Some(m) = marks.get_mut(&empty_key(queue, claim_key)) {
+            if let Some(m) = marks.get_mut(key) {
                 m.claimed_by(epoch);
+                if counted == Some(m.generation) {
+                    m.claim_ends();
+                }
+            }
+        }
+    }
+
+    /// A look of this kind is about to claim (see [`EmptyMark::pending`]).
+    /// The returned guard settles it: [`Look::claimed`],
+    /// [`Look::found_nothing`], or — the claim failed or its fetch was
+    /// dropped — on drop, which also wakes a fetcher that may have skipped
+    /// its own look for this one.
+    fn look_begins(&self, queue: QueueKind, claim_key: &str, epoch: u64) -> Look<'_, S> {
+        let key = empty_key(queue, claim_key);
+        let counted = self.empty.lock().ok().and_then(|mut marks| {
+            let m = marks.get_mut(&key)?;
+            m.claim_begins(epoch).then_some(m.generation)
+        });
+        Look {
+            engine: self,
+            queue,
+            key,
+            epoch,
+            counted,
+            settled: false,
+        }
+    }
+
+    /// Stop counting a claim as under way against the mark it began under.
+    fn look_ends(&self, key: &str, generation: u64) {
+        if let Ok(mut marks) = self.empty.lock() {
+            if let Some(m) = marks.get_mut(key).filter(|m| m.generation == generation) {
+                m.claim_ends();
             }
         }
     }
@@ -709,6 +771,8 @@ impl<S: Store> Engine<S> {
                 seen_at,
                 due_at,
                 claimed: 0,
+                pending: 0,
+                generation: self.marks_made.fetch_add(1, Ordering::Relaxed),
             };
             marks.insert(empty_key(queue, claim_key), mark);
         }
@@ -750,10 +814,12 @@ impl<S: Store> Engine<S> {
             } else {
                 let started = Instant::now();
                 self.stats.looks[q].fetch_add(1, Ordering::Relaxed);
+                let look = self.look_begins(queue, claim_key, epoch);
                 if let Some(found) = attempt().await? {
-                    self.note_claimed(queue, claim_key, epoch);
+                    look.claimed();
                     return Ok(Some(found));
                 }
+                look.found_nothing();
                 self.stats.empty[q].fetch_add(1, Ordering::Relaxed);
                 self.note_empty(queue, claim_key, epoch, started);
             }
@@ -779,6 +845,47 @@ impl<S: Store> Engine<S> {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+}
+
+/// A claim under way in [`Engine::poll`], counted against the queue's
+/// empty mark while it runs (see [`Engine::look_begins`]).
+struct Look<'a, S: Store> {
+    engine: &'a Engine<S>,
+    queue: QueueKind,
+    key: String,
+    epoch: u64,
+    /// The generation of the mark it was counted against, if any.
+    counted: Option<u64>,
+    settled: bool,
+}
+
+impl<S: Store> Look<'_, S> {
+    /// It claimed something: it may have consumed an announced item.
+    fn claimed(mut self) {
+        self.settled = true;
+        self.engine.note_claimed(&self.key, self.epoch, self.counted);
+    }
+
+    /// It found nothing (the caller marks the queue empty).
+    fn found_nothing(mut self) {
+        self.settled = true;
+        if let Some(generation) = self.counted {
+            self.engine.look_ends(&self.key, generation);
+        }
+    }
+}
+
+impl<S: Store> Drop for Look<'_, S> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Some(generation) = self.counted {
+            self.engine.look_ends(&self.key, generation);
+            // A fetcher that skipped its look for this one must look itself.
+            self.engine.store.signals().queue(self.queue).nudge();
         }
     }
 }
@@ -819,7 +926,36 @@ mod tests {
             seen_at: Instant::now(),
             due_at: None,
             claimed: 0,
+            pending: 0,
+            generation: 0,
         }
+    }
+
+    #[test]
+    fn a_claim_under_way_for_an_announced_item_spares_other_fetchers_the_look() {
+        let recheck = Duration::from_secs(1);
+        let now = Instant::now();
+        let mut mark = mark_at(5);
+        // One item announced; a claim that began before it is not counted.
+        assert!(!mark.claim_begins(5));
+        assert!(!mark.still_empty(6, now, recheck));
+        // A claim that began after it is: the next fetcher need not look.
+        assert!(mark.claim_begins(6));
+        assert!(mark.still_empty(6, now, recheck));
+        assert!(
+            !mark.still_empty(7, now, recheck),
+            "a second item needs a look of its own"
+        );
+        // It claimed: the item is accounted for either way.
+        mark.claimed_by(6);
+        mark.claim_ends();
+        assert!(mark.still_empty(6, now, recheck));
+        // A claim that ends without claiming (it failed, or was dropped)
+        // leaves the item to be looked for.
+        let mut mark = mark_at(5);
+        assert!(mark.claim_begins(6));
+        mark.claim_ends();
+        assert!(!mark.still_empty(6, now, recheck));
     }
 
     #[test]

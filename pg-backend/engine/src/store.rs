@@ -168,6 +168,13 @@ impl Signal {
         }
     }
 
+    /// Wake one waiter without announcing an item: a look it may have
+    /// skipped for another fetcher's claim (see `Engine::poll`) did not
+    /// finish, so it should look for itself.
+    pub fn nudge(&self) {
+        self.notify.notify_one();
+    }
+
     /// How many items have been announced so far. If every item announced
     /// since a look found the queue empty has been claimed since (and
     /// announcements cover every writer), the queue is empty still.
