@@ -692,18 +692,17 @@ impl<S: Store> Engine<S> {
         self.unresolved.lock().is_ok_and(|mut set| set.remove(lock_token))
     }
 
-    /// Whether a look for `claim_key` on `queue` is known to find nothing:
-    /// only when wake-ups cover every writer (a live cross-process listener).
-    fn known_empty(&self, queue: QueueKind, claim_key: &str, epoch: u64) -> bool {
+    /// Whether a look of kind `key` ([`empty_key`]) is known to find
+    /// nothing: only when wake-ups cover every writer (a live cross-process
+    /// listener).
+    fn known_empty(&self, key: &str, epoch: u64) -> bool {
         if !self.store.signals().cross_process() {
             return false;
         }
         let recheck = Duration::from_millis(self.config.poll.notified_recheck_ms);
         let now = Instant::now();
         let marks = self.empty.lock().ok();
-        let mark = marks
-            .as_ref()
-            .and_then(|m| m.get(&empty_key(queue, claim_key)).copied());
+        let mark = marks.as_ref().and_then(|m| m.get(key).copied());
         mark.is_some_and(|m| m.still_empty(epoch, now, recheck))
     }
 
@@ -732,10 +731,9 @@ impl<S: Store> Engine<S> {
     /// [`Look::found_nothing`], or — the claim failed or its fetch was
     /// dropped — on drop, which also wakes a fetcher that may have skipped
     /// its own look for this one.
-    fn look_begins(&self, queue: QueueKind, claim_key: &str, epoch: u64) -> Look<'_, S> {
-        let key = empty_key(queue, claim_key);
+    fn look_begins<'a>(&'a self, queue: QueueKind, key: &'a str, epoch: u64) -> Look<'a, S> {
         let counted = self.empty.lock().ok().and_then(|mut marks| {
-            let m = marks.get_mut(&key)?;
+            let m = marks.get_mut(key)?;
             m.claim_begins(epoch).then_some(m.generation)
         });
         Look {
@@ -757,7 +755,7 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    fn note_empty(&self, queue: QueueKind, claim_key: &str, epoch: u64, seen_at: Instant) {
+    fn note_empty(&self, queue: QueueKind, key: &str, epoch: u64, seen_at: Instant) {
         let due_at = self
             .store
             .next_visible_in_ms(queue)
@@ -774,7 +772,7 @@ impl<S: Store> Engine<S> {
                 pending: 0,
                 generation: self.marks_made.fetch_add(1, Ordering::Relaxed),
             };
-            marks.insert(empty_key(queue, claim_key), mark);
+            marks.insert(key.to_string(), mark);
         }
     }
 
@@ -802,6 +800,7 @@ impl<S: Store> Engine<S> {
             Duration::ZERO
         };
         let deadline = Instant::now() + window;
+        let key = empty_key(queue, claim_key);
         loop {
             // Registered before looking, so a wake-up during the look counts.
             let notified = signals.queue(queue).notified();
@@ -809,19 +808,19 @@ impl<S: Store> Engine<S> {
             notified.as_mut().enable();
             let epoch = signals.queue(queue).epoch();
             let q = queue as usize;
-            if self.known_empty(queue, claim_key, epoch) {
+            if self.known_empty(&key, epoch) {
                 self.stats.skipped[q].fetch_add(1, Ordering::Relaxed);
             } else {
                 let started = Instant::now();
                 self.stats.looks[q].fetch_add(1, Ordering::Relaxed);
-                let look = self.look_begins(queue, claim_key, epoch);
+                let look = self.look_begins(queue, &key, epoch);
                 if let Some(found) = attempt().await? {
                     look.claimed();
                     return Ok(Some(found));
                 }
                 look.found_nothing();
                 self.stats.empty[q].fetch_add(1, Ordering::Relaxed);
-                self.note_empty(queue, claim_key, epoch, started);
+                self.note_empty(queue, &key, epoch, started);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -854,7 +853,7 @@ impl<S: Store> Engine<S> {
 struct Look<'a, S: Store> {
     engine: &'a Engine<S>,
     queue: QueueKind,
-    key: String,
+    key: &'a str,
     epoch: u64,
     /// The generation of the mark it was counted against, if any.
     counted: Option<u64>,
@@ -865,14 +864,14 @@ impl<S: Store> Look<'_, S> {
     /// It claimed something: it may have consumed an announced item.
     fn claimed(mut self) {
         self.settled = true;
-        self.engine.note_claimed(&self.key, self.epoch, self.counted);
+        self.engine.note_claimed(self.key, self.epoch, self.counted);
     }
 
     /// It found nothing (the caller marks the queue empty).
     fn found_nothing(mut self) {
         self.settled = true;
         if let Some(generation) = self.counted {
-            self.engine.look_ends(&self.key, generation);
+            self.engine.look_ends(self.key, generation);
         }
     }
 }
@@ -883,7 +882,7 @@ impl<S: Store> Drop for Look<'_, S> {
             return;
         }
         if let Some(generation) = self.counted {
-            self.engine.look_ends(&self.key, generation);
+            self.engine.look_ends(self.key, generation);
             // A fetcher that skipped its look for this one must look itself.
             self.engine.store.signals().queue(self.queue).nudge();
         }
