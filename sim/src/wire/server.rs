@@ -654,19 +654,20 @@ impl Server {
             None => self.read(model, &portal.params, now_ms),
         };
         self.reserve_ids(s);
-        match name {
-            "claim_instance" | "claim_work" => {
-                let n = if name == "claim_instance" { 9 } else { 6 };
-                if let Some(token) = portal.params.text(n) {
-                    self.ledger.borrow_mut().claim_attempt(&token, sim_ms());
-                }
+        // A statement acting on a claim by its token: a claim, or a give-back.
+        let (token, give_back) = match name {
+            "claim_instance" => (portal.params.text(9), false),
+            "claim_work" => (portal.params.text(6), false),
+            "abandon_work" | "delete_lock" => (portal.params.text(1), true),
+            _ => (None, false),
+        };
+        if let Some(token) = token {
+            let mut ledger = self.ledger.borrow_mut();
+            if give_back {
+                ledger.release_attempt(&token, sim_ms());
+            } else {
+                ledger.claim_attempt(&token, sim_ms());
             }
-            "abandon_work" | "delete_lock" => {
-                if let Some(token) = portal.params.text(1) {
-                    self.ledger.borrow_mut().release_attempt(&token, sim_ms());
-                }
-            }
-            _ => {}
         }
         match result {
             Ok(outcome) => {
