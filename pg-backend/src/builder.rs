@@ -61,6 +61,8 @@ pub struct PgProviderBuilder {
     pool_size: u32,
     connect_timeout: Duration,
     pool_wait: Duration,
+    pool_idle_timeout: Option<Duration>,
+    pool_max_lifetime: Option<Duration>,
     statement_timeout: Option<Duration>,
     completion_window: Duration,
     migrate: bool,
@@ -80,6 +82,8 @@ impl fmt::Debug for PgProviderBuilder {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("pool_wait", &self.pool_wait)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("pool_max_lifetime", &self.pool_max_lifetime)
             .field("statement_timeout", &self.statement_timeout)
             .field("completion_window", &self.completion_window)
             .field("migrate", &self.migrate)
@@ -105,6 +109,8 @@ impl Open for PgStore {
             pool_size: 10,
             connect_timeout: Duration::from_secs(5),
             pool_wait: Duration::from_secs(5),
+            pool_idle_timeout: Some(Duration::from_secs(300)),
+            pool_max_lifetime: Some(Duration::from_secs(1800)),
             statement_timeout: None,
             completion_window: DEFAULT_COMPLETION_WINDOW,
             migrate: true,
@@ -163,6 +169,22 @@ impl PgProviderBuilder {
     /// Limit on waiting for a pooled connection (default 5 s).
     pub fn pool_wait_timeout(mut self, d: Duration) -> Self {
         self.pool_wait = d;
+        self
+    }
+
+    /// Close a pooled connection that sat idle this long (default 5 min);
+    /// `None` keeps idle connections open. bb8's reaper measures it by the
+    /// machine's clock, every 30 s.
+    pub fn pool_idle_timeout(mut self, d: Option<Duration>) -> Self {
+        self.pool_idle_timeout = d;
+        self
+    }
+
+    /// Close a pooled connection this long after it was opened, when it is
+    /// next returned or reaped (default 30 min); `None`: no limit. By the
+    /// machine's clock, as [`PgProviderBuilder::pool_idle_timeout`].
+    pub fn pool_max_lifetime(mut self, d: Option<Duration>) -> Self {
+        self.pool_max_lifetime = d;
         self
     }
 
@@ -339,6 +361,11 @@ impl PgProviderBuilder {
                 "connect_timeout and pool_wait_timeout must be above zero".into(),
             ));
         }
+        if self.pool_idle_timeout.is_some_and(|d| d.is_zero()) || self.pool_max_lifetime.is_some_and(|d| d.is_zero()) {
+            return Err(PgError::InvalidSetting(
+                "pool_idle_timeout and pool_max_lifetime must be above zero (None turns them off)".into(),
+            ));
+        }
         if self.engine.limits.max_payload_bytes == 0 {
             return Err(PgError::InvalidSetting("max_payload_bytes must be above zero".into()));
         }
@@ -392,7 +419,8 @@ impl PgProviderBuilder {
             self.connect_timeout,
             self.statement_timeout,
             pgbouncer,
-        );
+        )
+        .retrying_for(self.pool_wait);
         let listener = self.listener_manager(&manager)?;
         let first = manager.open().await.map_err(|e| PgError::Connect {
             target: manager.target(),
@@ -408,8 +436,11 @@ impl PgProviderBuilder {
             // round-robining over every connection the pool opened.
             .queue_strategy(bb8::QueueStrategy::Lifo)
             .connection_timeout(self.pool_wait)
-            .idle_timeout(Some(Duration::from_secs(300)))
-            .max_lifetime(Some(Duration::from_secs(1800)))
+            // The manager retries failed connects itself, by tokio's clock
+            // (see `ConnectionManager::connect`).
+            .retry_connection(false)
+            .idle_timeout(self.pool_idle_timeout)
+            .max_lifetime(self.pool_max_lifetime)
             .build_unchecked(manager.clone());
         // The connection that migrated is the pool's first.
         let _ = pool.add(first);

@@ -141,6 +141,11 @@ impl HostSetup {
                 .schema(SCHEMA)
                 .pool_size(POOL_SIZE)
                 .pool_wait_timeout(Duration::from_millis(POOL_WAIT_MS))
+                // bb8's reaper runs by the machine's clock (a simulated run
+                // is over long before any of its limits), and its start,
+                // taken from that clock, would differ from run to run.
+                .pool_idle_timeout(None)
+                .pool_max_lifetime(None)
                 .connect_timeout(Duration::from_millis(POOL_WAIT_MS))
                 .connector(client::connector())
                 .engine_config(engine_config())

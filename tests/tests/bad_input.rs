@@ -83,6 +83,36 @@ async fn refused_connection_names_host_and_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_pool_limits_are_refused_before_connecting() {
+    // Nothing listens on port 1: a setting error must come first.
+    let url = "postgres://postgres@127.0.0.1:1/postgres";
+    for (name, builder) in [
+        (
+            "pool_idle_timeout",
+            PgProvider::builder(url).pool_idle_timeout(Some(Duration::ZERO)),
+        ),
+        (
+            "pool_max_lifetime",
+            PgProvider::builder(url).pool_max_lifetime(Some(Duration::ZERO)),
+        ),
+    ] {
+        let err = builder.build().await.expect_err("a zero limit");
+        let text = err.to_string();
+        assert!(matches!(err, PgError::InvalidSetting(_)), "{name}: {text}");
+        assert!(text.contains(name), "{name}: {text}");
+    }
+    // None turns them off and is accepted (the refusal is the connection's).
+    let err = PgProvider::builder(url)
+        .pool_idle_timeout(None)
+        .pool_max_lifetime(None)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(matches!(err, PgError::Connect { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_host_fails_within_the_connect_timeout() {
     // A listener that never answers stands in for an unreachable host (the
     // tests send no traffic off this machine): the TCP handshake completes

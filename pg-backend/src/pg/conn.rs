@@ -282,6 +282,8 @@ pub struct ConnectionManager {
     connect_timeout: Duration,
     pgbouncer: bool,
     last_error: Arc<Mutex<Option<String>>>,
+    /// How long the pool's connect retries a refused or failed attempt.
+    retry_for: Duration,
 }
 
 impl ConnectionManager {
@@ -327,7 +329,16 @@ impl ConnectionManager {
             connect_timeout,
             pgbouncer,
             last_error: Arc::new(Mutex::new(None)),
+            retry_for: Duration::ZERO,
         }
+    }
+
+    /// The same manager whose pool connects ([`bb8::ManageConnection::connect`])
+    /// retry a failed attempt for up to `d` (the pool's wait), 200 ms apart,
+    /// then doubling, at most `d / 2`. [`ConnectionManager::open`] never retries.
+    pub fn retrying_for(mut self, d: Duration) -> Self {
+        self.retry_for = d;
+        self
     }
 
     /// Whether PgBouncer transaction pooling sits in between.
@@ -429,8 +440,26 @@ impl bb8::ManageConnection for ConnectionManager {
     type Connection = PgConn;
     type Error = ConnectError;
 
+    /// bb8's own retry loop (`retry_connection`, turned off in the
+    /// builder) stops by the machine's clock, `std::time::Instant`; this one
+    /// keeps tokio's, so a simulation that pauses and advances time sees the
+    /// same retries whatever the machine's speed.
     async fn connect(&self) -> Result<PgConn, ConnectError> {
-        self.open().await
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::ZERO;
+        loop {
+            match self.open().await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if started.elapsed() >= self.retry_for => return Err(e),
+                Err(_) => {
+                    delay = (delay * 2)
+                        .max(Duration::from_millis(200))
+                        .min(self.retry_for / 2)
+                        .max(Duration::from_millis(1));
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 
     async fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
