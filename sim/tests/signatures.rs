@@ -10,11 +10,13 @@ use duropg_core::SchemaName;
 
 #[tokio::test]
 async fn signatures_match_what_postgres_describes() {
-    let url = duropg_tests::database_url();
-    let schema = "duropg_sim_signatures";
+    // A schema of its own per run (dropped at the end), so a schema left
+    // behind by another checkout's migrations cannot stand in for ours.
+    let test_schema = duropg_tests::TestSchema::new("sim_signatures");
+    let schema = test_schema.name();
     let client = duropg_tests::admin().await;
-    let provider = duropg::PgProvider::builder(&url)
-        .schema(schema)
+    let provider = test_schema
+        .builder()
         .build()
         .await
         .unwrap_or_else(|e| panic!("migrating {schema}: {e}"));
