@@ -112,3 +112,106 @@ async fn a_fetch_dropped_while_it_gives_back_a_batch_leaves_no_instance_locked()
         "a dropped fetch left an instance it would not deliver locked until its lease ends"
     );
 }
+
+/// A fetch with its item type erased.
+type Fetch<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), duroxide::providers::ProviderError>> + 'a>>;
+
+/// Poll `fetch` until the claim's task reports that it has finished (it
+/// has answered), then drop the fetch without polling it again; `locks`
+/// counts what the claim locked (one item, before the drop).
+async fn drop_after_answer(
+    fetch: Fetch<'_>,
+    done: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    c: &tokio_postgres::Client,
+    locks: &str,
+) {
+    let mut fetch = fetch;
+    tokio::select! {
+        biased;
+        _ = done.recv() => {}
+        _ = &mut fetch => panic!("the fetch must not be polled past its claim's answer"),
+    }
+    let n: i64 = c.query_one(locks, &[]).await.unwrap().get(0);
+    assert_eq!(n, 1, "the claim committed before the fetch is dropped");
+    drop(fetch);
+}
+
+/// The narrowest drop of all: the claim's task has sent its answer (a
+/// claimed item) and the fetch is dropped before it is polled again to take
+/// it. The answer used to go down with the channel, and the item stayed
+/// claimed by nobody until its lease ended (30 s here; seen in CI as an
+/// instance locked through 76 iterations of the test above). A spawner that
+/// reports each finished task lets the test drop the fetch at exactly that
+/// point, for both queues. On one thread, so that the claim's task sends
+/// its answer and reports in the same poll, before the test's task runs.
+#[tokio::test(flavor = "current_thread")]
+async fn a_fetch_dropped_after_its_claim_answered_leaves_nothing_claimed() {
+    let schema = TestSchema::new("cancel_answered");
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let spawner: duropg_engine::Spawner = std::sync::Arc::new(move |task| {
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            task.await;
+            let _ = done.send(());
+        });
+    });
+    let provider = duropg::PgProvider::builder(&database_url())
+        .schema(schema.name())
+        .pool_size(2)
+        .build()
+        .await
+        .unwrap()
+        .with_spawner(spawner);
+    let c = admin().await;
+    let live = |table: &str| {
+        format!(
+            "SELECT count(*) FROM \"{}\".{table} WHERE locked_until_ms > (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint",
+            schema.name()
+        )
+    };
+    let (work_locks, instance_locks) = (live("worker_queue"), live("instance_locks"));
+    let count = |sql: String| {
+        let c = &c;
+        async move { c.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let released = |what: &'static str, sql: String| {
+        duropg_tests::cluster::wait_until(what, Duration::from_secs(5), Duration::from_millis(20), move || {
+            let sql = sql.clone();
+            async move { count(sql).await == 0 }
+        })
+    };
+    let lock = Duration::from_secs(30);
+    // An activity: the fetch's claim answers, the fetch is never polled again.
+    provider
+        .enqueue_for_worker(duropg_tests::activity_item("i", "x"))
+        .await
+        .unwrap();
+    let fetch = provider.fetch_work_item(lock, Duration::ZERO, None, &duroxide::providers::TagFilter::DefaultOnly);
+    drop_after_answer(
+        Box::pin(async move { fetch.await.map(|_| ()) }) as Fetch<'_>,
+        &mut done_rx,
+        &c,
+        &work_locks,
+    )
+    .await;
+    released("the dropped fetch's activity to be given back", work_locks).await;
+
+    // A start message: the same for an orchestration fetch.
+    provider
+        .enqueue_for_orchestrator(start_item("o", "{}", None), None)
+        .await
+        .unwrap();
+    // The give-back's own task reports too: let it, then forget the reports.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while done_rx.try_recv().is_ok() {}
+    let fetch = provider.fetch_orchestration_item(lock, Duration::ZERO, None);
+    drop_after_answer(
+        Box::pin(async move { fetch.await.map(|_| ()) }) as Fetch<'_>,
+        &mut done_rx,
+        &c,
+        &instance_locks,
+    )
+    .await;
+    released("the dropped fetch's instance to be given back", instance_locks).await;
+}

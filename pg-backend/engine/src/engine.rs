@@ -55,8 +55,15 @@ pub trait TokenSource: Send + Sync + 'static {
 pub type Spawner = Arc<dyn Fn(futures::future::BoxFuture<'static, ()>) + Send + Sync>;
 
 fn tokio_spawner() -> Spawner {
-    Arc::new(|task| {
-        tokio::spawn(task);
+    Arc::new(|task| match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(task);
+        }
+        // A fetch dropped outside any runtime (see `Unanswered`): what the
+        // task would give back ends with its lease.
+        Err(_) => {
+            tracing::warn!("no tokio runtime to run a provider task on; a claim it would give back ends with its lease")
+        }
     })
 }
 
@@ -584,9 +591,24 @@ impl<S: Store> Engine<S> {
     {
         let store = Arc::clone(&self.store);
         let (policy, classify) = (self.config.retry, self.classify);
+        let release = Arc::new(release);
+        let give_back = {
+            let (store, release) = (Arc::clone(&store), Arc::clone(&release));
+            move || async move {
+                tracing::debug!(operation, "the fetch was dropped during its claim; releasing the claim");
+                let released = policy
+                    .run_idempotent(classify, operation, || release(Arc::clone(&store)))
+                    .await;
+                if let Err(fault) = released {
+                    tracing::warn!(operation, %fault, "could not release the claim of a dropped fetch; it ends with its lease");
+                }
+            }
+        };
+        let kept = || crate::defects::active(crate::defects::Defect::CancelledClaimKept);
         let (tx, rx) = tokio::sync::oneshot::channel();
         // The claim's retries are events of the fetch's span.
         let span = tracing::Span::current();
+        let task_give_back = give_back.clone();
         (self.spawn)(Box::pin(
             async move {
                 let outcome = policy
@@ -595,22 +617,28 @@ impl<S: Store> Engine<S> {
                 if let Ok(found) = &outcome {
                     metrics::claimed(metrics::queue_label(queue), found.is_some());
                 }
-                let kept = crate::defects::active(crate::defects::Defect::CancelledClaimKept);
-                if let (Err(Ok(Some(_))), false) = (tx.send(outcome), kept) {
-                    tracing::debug!(operation, "the fetch was dropped during its claim; releasing the claim");
-                    let released = policy
-                        .run_idempotent(classify, operation, || release(Arc::clone(&store)))
-                        .await;
-                    if let Err(fault) = released {
-                        tracing::warn!(operation, %fault, "could not release the claim of a dropped fetch; it ends with its lease");
-                    }
+                // Refused: the fetch had gone before the answer was sent.
+                if let (Err(Ok(Some(_))), false) = (tx.send(outcome), kept()) {
+                    task_give_back().await;
                 }
             }
-            .instrument(span),
+            .instrument(span.clone()),
         ));
-        match rx.await {
-            Ok(outcome) => outcome.map_err(|fault| self.fault_error(operation, &fault)),
-            Err(_) => Err(ProviderError::retryable(
+        // Sent, but the fetch was dropped before it took the answer: the
+        // answer would go down with the channel, so the fetch's end gives
+        // the claim back instead (see `Unanswered`).
+        let spawn = Arc::clone(&self.spawn);
+        let mut answer = Unanswered {
+            rx: Some(rx),
+            orphaned: Some(Box::new(move || {
+                if !kept() {
+                    spawn(Box::pin(give_back().instrument(span)));
+                }
+            })),
+        };
+        match answer.take().await {
+            Some(outcome) => outcome.map_err(|fault| self.fault_error(operation, &fault)),
+            None => Err(ProviderError::retryable(
                 operation,
                 "the claim task ended without an answer",
             )),
@@ -913,6 +941,45 @@ fn empty_key(queue: QueueKind, claim_key: &str) -> String {
 /// A permanent error for a request the provider refuses.
 pub(crate) fn refuse(operation: &str, message: impl std::fmt::Display) -> ProviderError {
     ProviderError::permanent(operation, message.to_string())
+}
+
+/// The fetch's end of a detached claim (see `Engine::detached_claim`).
+/// Dropped before the answer was taken, it closes the channel — from then on
+/// the claim task's send is refused and the task gives the claim back
+/// itself — and, when the answer had already been sent, gives back the
+/// claim the answer holds. So exactly one of the two gives back a claim no
+/// fetch took, whenever the fetch is dropped.
+struct Unanswered<T> {
+    rx: Option<tokio::sync::oneshot::Receiver<Result<Option<T>, StoreFault>>>,
+    orphaned: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl<T> Unanswered<T> {
+    /// Wait for the answer (`None`: the task ended without one); once it
+    /// has returned, dropping this changes nothing.
+    async fn take(&mut self) -> Option<Result<Option<T>, StoreFault>> {
+        let outcome = match self.rx.as_mut() {
+            Some(rx) => rx.await.ok(),
+            None => None,
+        };
+        self.rx = None;
+        self.orphaned = None;
+        outcome
+    }
+}
+
+impl<T> Drop for Unanswered<T> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        rx.close();
+        if let Ok(Ok(Some(_))) = rx.try_recv() {
+            if let Some(give_back) = self.orphaned.take() {
+                give_back();
+            }
+        }
+    }
 }
 
 #[cfg(test)]
