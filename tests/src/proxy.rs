@@ -655,8 +655,12 @@ async fn replies(shared: &Shared, conn: &Conn, server_r: OwnedReadHalf, client_w
     let mut from = BufReader::new(server_r);
     let mut to = BufWriter::new(client_w);
     loop {
+        // `biased`, the close request first: a vanish shuts the server side,
+        // so the server's EOF follows the request and may be ready with it;
+        // seen first, it would close the client too, which a vanished
+        // connection must not (it looks alive until it is used).
         let msg = tokio::select! {
-            m = read_typed(&mut from) => m,
+            biased;
             how = closed(&mut close) => {
                 match how {
                     Some(CloseRequest::Fatal) => {
@@ -674,6 +678,7 @@ async fn replies(shared: &Shared, conn: &Conn, server_r: OwnedReadHalf, client_w
                 }
                 break;
             }
+            m = read_typed(&mut from) => m,
         };
         let Ok(Some(msg)) = msg else {
             break;
