@@ -4,6 +4,7 @@
 
 use super::error::{ends_session, fault, invalidates_statements};
 use duropg_core::StoreFault;
+use duropg_engine::retry::RetryPolicy;
 use futures::future::{join_all, try_join_all, BoxFuture};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -282,8 +283,9 @@ pub struct ConnectionManager {
     connect_timeout: Duration,
     pgbouncer: bool,
     last_error: Arc<Mutex<Option<String>>>,
-    /// How long the pool's connect retries a refused or failed attempt.
-    retry_for: Duration,
+    /// How the pool's connect retries a refused or failed attempt (any
+    /// failure, for the budget; never by default).
+    connect_retry: RetryPolicy,
 }
 
 impl ConnectionManager {
@@ -329,7 +331,7 @@ impl ConnectionManager {
             connect_timeout,
             pgbouncer,
             last_error: Arc::new(Mutex::new(None)),
-            retry_for: Duration::ZERO,
+            connect_retry: RetryPolicy::none(),
         }
     }
 
@@ -337,7 +339,13 @@ impl ConnectionManager {
     /// retry a failed attempt for up to `d` (the pool's wait), 200 ms apart,
     /// then doubling, at most `d / 2`. [`ConnectionManager::open`] never retries.
     pub fn retrying_for(mut self, d: Duration) -> Self {
-        self.retry_for = d;
+        let budget_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.connect_retry = RetryPolicy {
+            max_attempts: u32::MAX,
+            first_backoff_ms: 200,
+            max_backoff_ms: (budget_ms / 2).max(1),
+            budget_ms,
+        };
         self
     }
 
@@ -446,17 +454,16 @@ impl bb8::ManageConnection for ConnectionManager {
     /// same retries whatever the machine's speed.
     async fn connect(&self) -> Result<PgConn, ConnectError> {
         let started = tokio::time::Instant::now();
-        let mut delay = Duration::ZERO;
+        let budget = Duration::from_millis(self.connect_retry.budget_ms);
+        let mut attempt = 0u32;
         loop {
+            attempt = attempt.saturating_add(1);
             match self.open().await {
                 Ok(conn) => return Ok(conn),
-                Err(e) if started.elapsed() >= self.retry_for => return Err(e),
+                Err(e) if attempt >= self.connect_retry.max_attempts || started.elapsed() >= budget => return Err(e),
                 Err(_) => {
-                    delay = (delay * 2)
-                        .max(Duration::from_millis(200))
-                        .min(self.retry_for / 2)
-                        .max(Duration::from_millis(1));
-                    tokio::time::sleep(delay).await;
+                    let wait = self.connect_retry.backoff_ms(attempt);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
             }
         }
