@@ -630,11 +630,11 @@ impl<S: Store> Engine<S> {
         let spawn = Arc::clone(&self.spawn);
         let mut answer = Unanswered {
             rx: Some(rx),
-            orphaned: Some(Box::new(move || {
+            orphaned: Some(move || {
                 if !kept() {
                     spawn(Box::pin(give_back().instrument(span)));
                 }
-            })),
+            }),
         };
         match answer.take().await {
             Some(outcome) => outcome.map_err(|fault| self.fault_error(operation, &fault)),
@@ -949,12 +949,12 @@ pub(crate) fn refuse(operation: &str, message: impl std::fmt::Display) -> Provid
 /// itself — and, when the answer had already been sent, gives back the
 /// claim the answer holds. So exactly one of the two gives back a claim no
 /// fetch took, whenever the fetch is dropped.
-struct Unanswered<T> {
+struct Unanswered<T, F: FnOnce()> {
     rx: Option<tokio::sync::oneshot::Receiver<Result<Option<T>, StoreFault>>>,
-    orphaned: Option<Box<dyn FnOnce() + Send>>,
+    orphaned: Option<F>,
 }
 
-impl<T> Unanswered<T> {
+impl<T, F: FnOnce()> Unanswered<T, F> {
     /// Wait for the answer (`None`: the task ended without one); once it
     /// has returned, dropping this changes nothing.
     async fn take(&mut self) -> Option<Result<Option<T>, StoreFault>> {
@@ -968,7 +968,7 @@ impl<T> Unanswered<T> {
     }
 }
 
-impl<T> Drop for Unanswered<T> {
+impl<T, F: FnOnce()> Drop for Unanswered<T, F> {
     fn drop(&mut self) {
         let Some(mut rx) = self.rx.take() else {
             return;
